@@ -1,0 +1,104 @@
+"""``batchgate``: serve, worker, models demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway import logs
+    from gateway.app import Gateway
+    from gateway.config import ConfigError, load_server_config
+
+    overrides: dict[str, Any] = {}
+    if args.model_repository is not None:
+        overrides["model_repository"] = str(args.model_repository)
+    http: dict[str, Any] = {}
+    if args.host is not None:
+        http["host"] = args.host
+    if args.http_port is not None:
+        http["port"] = args.http_port
+    if http:
+        overrides["http"] = http
+    if args.replicas is not None:
+        overrides["pools"] = {"default": {"replicas": args.replicas}}
+    try:
+        config = load_server_config(args.config, overrides)
+        logs.setup(config.log_level, args.log_format)
+        gateway = Gateway(config)
+    except ConfigError as exc:
+        print(f"batchgate: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway.app,
+            host=config.http.host,
+            port=config.http.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(config.drain_timeout_s),
+        )
+    )
+    server.run()
+    return 0
+
+
+def _worker(argv: Sequence[str]) -> int:
+    from workers.main import main
+
+    return main(argv)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import build_demo
+
+    build_demo(args.directory)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchgate", description="Inference-serving gateway for ONNX models.")
+    parser.add_argument("--version", action="version", version=f"batchgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway and its local worker pool")
+    serve.add_argument("--config", type=Path, help="batchgate.yaml (every field has a default)")
+    serve.add_argument("--model-repository", type=Path, help="model repository folder (overrides the config)")
+    serve.add_argument("--host", help="HTTP listen address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--replicas", type=int, help="worker processes in the default pool (default 2)")
+    serve.add_argument("--log-format", choices=["json", "text"], default="json")
+    serve.set_defaults(handler=_serve)
+
+    commands.add_parser("worker", help="run one worker process (see: batchgate worker --help)", add_help=False)
+
+    models = commands.add_parser("models", help="model repository tools")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    demo = model_commands.add_parser("demo", help="build the demo model repository (no downloads)")
+    demo.add_argument("directory", type=Path, nargs="?", default=Path("models"))
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "worker":
+        return _worker(argv[1:])
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Protocol codecs: pure functions between wire formats and :mod:`gateway.types`."""

@@ -1,0 +1,209 @@
+"""v2 HTTP/REST codec: JSON bodies and the binary tensor data extension.
+
+A binary request is ``Inference-Header-Content-Length`` bytes of JSON followed by the
+raw tensors in ``inputs`` order; each such input carries ``parameters.binary_data_size``
+and no ``data``. Inputs become numpy views over the received body, not copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.errors import InvalidInput
+from gateway.types import Array, InferRequest, InferResponse, InputTensor, RequestedOutput
+from workers.dtypes import V2_TO_NUMPY
+from workers.v2grpc import array_from_raw, array_to_raw, element_count
+
+RESERVED_PARAMETERS = ("binary_data_output", "priority", "timeout")
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(dim) is int and dim >= 0 for dim in value):
+        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Array:
+    """Array from JSON ``data`` (flat or nested) declared as ``datatype`` of ``shape``."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(item, str) for item in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [item.encode("utf-8") for item in flat]
+    else:
+        try:
+            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
+    if array.size != count:
+        raise InvalidInput(
+            f"input '{name}': data has {array.size} elements but shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+def decode_request(
+    model: str, version: str, body: bytes, header_length: int | None
+) -> InferRequest:
+    """Decode a v2 infer body; raises :class:`InvalidInput` naming what is wrong."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body"
+            )
+        header = body[:header_length]
+        binary = memoryview(body)[header_length:]
+    else:
+        header, binary = body, memoryview(b"")
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request must have a non-empty 'inputs' list")
+
+    inputs: list[InputTensor] = []
+    offset = 0
+    for raw in raw_inputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput("each input must be an object with a string 'name'")
+        name = raw["name"]
+        datatype = raw.get("datatype")
+        if datatype not in V2_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unsupported datatype {datatype!r}")
+        shape = _shape(raw.get("shape"), name)
+        params = _mapping(raw.get("parameters"), f"input '{name}' parameters")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the binary data"
+                )
+            try:
+                data = array_from_raw(datatype, shape, binary[offset : offset + size])
+            except ValueError as exc:
+                raise InvalidInput(f"input '{name}': {exc}") from None
+            offset += size
+        elif "data" in raw:
+            data = json_to_array(name, datatype, shape, raw["data"])
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        inputs.append(InputTensor(name, datatype, shape, data))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the last input")
+
+    params = _mapping(doc.get("parameters"), "request parameters")
+    outputs = None
+    if "outputs" in doc:
+        if not isinstance(doc["outputs"], list):
+            raise InvalidInput("'outputs' must be a list")
+        outputs = []
+        for raw in doc["outputs"]:
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise InvalidInput("each requested output must be an object with a string 'name'")
+            out_params = _mapping(raw.get("parameters"), f"output '{raw['name']}' parameters")
+            if "classification" in out_params:
+                raise InvalidInput("the classification extension is not supported")
+            binary_flag = out_params.get("binary_data")
+            outputs.append(RequestedOutput(raw["name"], None if binary_flag is None else bool(binary_flag)))
+    priority = params.get("priority", 0)
+    timeout = params.get("timeout")
+    if type(priority) is not int or priority < 0:
+        raise InvalidInput("parameter 'priority' must be a non-negative integer")
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    return InferRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        id=request_id,
+        binary_output=bool(params.get("binary_data_output", False)),
+        priority=priority,
+        timeout_us=timeout,
+        parameters={k: v for k, v in params.items() if k not in RESERVED_PARAMETERS},
+    )
+
+
+def _json_data(array: Array) -> Any:
+    flat = array.reshape(-1)
+    if array.dtype == np.object_:
+        return [
+            item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat
+        ]
+    return np.ascontiguousarray(flat)
+
+
+def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+    """Body bytes and, when any output is binary, the JSON header length."""
+    wanted: dict[str, bool | None] | None = None
+    if request.outputs is not None:
+        wanted = {out.name: out.binary for out in request.outputs}
+    outputs_json = []
+    buffers: list[bytes] = []
+    for out in response.outputs:
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": out.datatype,
+            "shape": list(out.data.shape),
+        }
+        flag = wanted.get(out.name) if wanted is not None else None
+        if flag if flag is not None else request.binary_output:
+            raw = array_to_raw(out.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            buffers.append(raw)
+        else:
+            entry["data"] = _json_data(out.data)
+        outputs_json.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version}
+    if response.id is not None:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs_json
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not buffers:
+        return header, None
+    return b"".join([header, *buffers]), len(header)
+
+
+def error_body(message: str) -> bytes:
+    """The v2 error body."""
+    return orjson.dumps({"error": message})

@@ -1,0 +1,216 @@
+"""Configuration: frozen pydantic models, read once at the edge and passed down.
+
+Two files configure batchgate. ``batchgate.yaml`` names the model repository, the
+listeners and the worker pools; every field has a default, so no file is needed at
+all. Each model folder may hold a ``config.yaml`` with what cannot be read from the
+ONNX file (batching, deadline, pool, SLO). Environment variables ``BATCHGATE_<PATH>``
+(``__`` between nesting levels, e.g. ``BATCHGATE_HTTP__PORT=9000``) override the
+server file. A wrong value fails at start-up with its field path, never at the first
+request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "BATCHGATE_"
+
+
+class ConfigError(Exception):
+    """A configuration file or value is wrong; the message names the field and the reason."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingConfig(_Frozen):
+    """How requests for one model version are grouped into batches."""
+
+    max_batch_size: int = Field(32, ge=0, description="Most rows in one batch; 0 = no batch dimension.")
+    max_queue_delay_us: int = Field(
+        2000, ge=0, description="Longest a request waits for companions when no replica is idle."
+    )
+    preferred_batch_sizes: tuple[int, ...] = Field(
+        (), description="Row counts worth closing a batch at before max_batch_size."
+    )
+    max_queue_size: int = Field(1024, ge=1, description="Queued requests beyond which new ones get 429.")
+    priority_levels: int = Field(2, ge=1, le=16, description="Number of priority levels (1 = highest).")
+    default_priority: int = Field(0, ge=0, description="Level for requests sending priority 0; 0 = lowest.")
+    aging_ms: float = Field(
+        100.0, gt=0, description="Each full period a request waits lifts it one priority level."
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> BatchingConfig:
+        for size in self.preferred_batch_sizes:
+            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
+                raise ValueError(f"preferred batch size {size} must be in 1..max_batch_size")
+        if self.default_priority > self.priority_levels:
+            raise ValueError("default_priority must be at most priority_levels")
+        return self
+
+
+FallbackTrigger = Literal["error", "timeout", "overload", "circuit_open"]
+
+
+class FallbackConfig(_Frozen):
+    """Which model answers when the primary cannot, and on what."""
+
+    model: str = Field(description="Name of the fallback model in the same repository.")
+    on: tuple[FallbackTrigger, ...] = Field(
+        ("error", "timeout", "overload", "circuit_open"), description="Triggers that route to it."
+    )
+    primary_budget_ms: float | None = Field(
+        None, gt=0, description="Start the fallback when the primary has not answered by then."
+    )
+
+
+class SLOConfig(_Frozen):
+    """Service-level objective the autoscaler and the load-test gate hold the model to."""
+
+    p99_ms: float = Field(100.0, gt=0, description="Target 99th percentile request latency.")
+
+
+class VersionPolicy(_Frozen):
+    """Which version folders are served: the newest ``latest`` ones, or exactly ``specific``."""
+
+    latest: int = Field(1, ge=1, description="Serve the N highest version numbers.")
+    specific: tuple[int, ...] = Field((), description="Serve exactly these versions (overrides latest).")
+
+
+class ModelConfig(_Frozen):
+    """Per-model settings from ``models/<name>/config.yaml``; all optional."""
+
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    timeout_ms: float = Field(1000.0, gt=0, description="Deadline when the client sends none.")
+    fallback: FallbackConfig | None = None
+    pool: str = Field("default", description="Worker pool that serves this model.")
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form facts about the model (accuracy, data)."
+    )
+
+
+class PoolConfig(_Frozen):
+    """A pool of worker replicas: local processes, or given endpoints of v2 gRPC servers."""
+
+    replicas: int = Field(2, ge=0, description="Local worker processes to start.")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = cores/replicas.")
+    providers: tuple[str, ...] = Field(
+        ("auto",),
+        description="Execution providers in order; 'auto' = CUDA when present, then CPU.",
+    )
+    inflight_per_replica: int = Field(
+        2, ge=1, description="Batches sent to one replica before waiting; 2 keeps it busy between batches."
+    )
+    endpoints: tuple[str, ...] = Field(
+        (), description="Existing v2 gRPC servers (host:port or unix:path); no local processes then."
+    )
+    start_timeout_s: float = Field(120.0, gt=0, description="How long a replica may take to become ready.")
+    transport: Literal["unix", "tcp"] = Field("unix", description="How local workers listen.")
+
+
+class HTTPConfig(_Frozen):
+    """The HTTP (REST) listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+
+
+class ServerConfig(_Frozen):
+    """Top-level ``batchgate.yaml``."""
+
+    model_repository: Path = Field(Path("models"), description="Folder with one sub-folder per model.")
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    pools: dict[str, PoolConfig] = Field(default_factory=lambda: {"default": PoolConfig()})
+    drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: ``source: field.path: reason``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested dict from ``BATCHGATE_A__B=value`` variables."""
+    result: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX:
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another BATCHGATE_ variable")
+        node[parts[-1]] = value
+    return result
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_server_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """File, then ``BATCHGATE_`` variables, then explicit overrides (CLI flags) win."""
+    data = _read_yaml(path) if path is not None else {}
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    data = _merge(data, overrides or {})
+    source = str(path) if path is not None else "config"
+    try:
+        config = ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    if path is not None and not config.model_repository.is_absolute():
+        # A relative repository path in a file means relative to that file.
+        in_file = "model_repository" in _read_yaml(path)
+        if in_file and "model_repository" not in (overrides or {}):
+            config = config.model_copy(update={"model_repository": path.parent / config.model_repository})
+    return config
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read ``config.yaml`` of one model; a missing file means all defaults."""
+    data = _read_yaml(path) if path.exists() else {}
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None

@@ -1,0 +1,54 @@
+"""Prometheus metrics (DESIGN §8): ``batchgate_`` prefix, base units, one registry per gateway."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+class Metrics:
+    """Every metric the gateway exports, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        model = ["model", "version"]
+        self.requests = Counter(
+            "batchgate_requests", "Inference requests answered, by status code.", [*model, "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "batchgate_request_duration_seconds", "Time from admission to answer.", model,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_duration = Histogram(
+            "batchgate_queue_duration_seconds", "Time a request waited in its model queue.", model,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.compute_duration = Histogram(
+            "batchgate_compute_duration_seconds", "Round trip of one batch to a worker.", model,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "batchgate_batch_size", "Rows per batch sent to a worker.", model, buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("batchgate_queue_depth", "Requests waiting in the model queue.", model, registry=r)
+        self.inflight = Gauge(
+            "batchgate_inflight_requests", "Requests admitted and not yet answered.", ["model"], registry=r
+        )
+        self.fallbacks = Counter(
+            "batchgate_fallback", "Requests answered by a fallback model.", ["model", "reason"], registry=r
+        )
+        self.retries = Counter("batchgate_retries", "Batches retried on another replica.", ["pool"], registry=r)
+        self.replicas = Gauge("batchgate_replicas", "Worker replicas in the pool.", ["pool"], registry=r)
+        self.replicas_ready = Gauge("batchgate_replicas_ready", "Ready worker replicas.", ["pool"], registry=r)
+        self.desired_replicas = Gauge(
+            "batchgate_desired_replicas", "Replicas the autoscaler wants.", ["pool"], registry=r
+        )
+        self.worker_restarts = Counter(
+            "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
+        )

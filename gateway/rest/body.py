@@ -1,0 +1,72 @@
+"""Reading request bodies within limits, and content codings (gzip, deflate) both ways."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+from starlette.requests import Request
+
+from gateway.errors import InvalidInput, PayloadTooLarge
+
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes before or after decompression."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput(f"Content-Length {declared!r} is not a number") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    wbits = _DECODERS.get(coding)
+    if wbits is None:
+        raise InvalidInput(f"unsupported Content-Encoding {coding!r}; use gzip or deflate")
+    decoder = zlib.decompressobj(wbits)
+    try:
+        plain = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {coding}: {exc}") from None
+    if len(plain) > limit or decoder.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
+    return plain
+
+
+def pick_encoding(accept: str | None) -> str | None:
+    """gzip or deflate when the client accepts it (and did not give it q=0)."""
+    if not accept:
+        return None
+    offered = {}
+    for part in accept.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        offered[name.strip()] = quality
+    for name in ("gzip", "deflate"):
+        if offered.get(name, 0.0) > 0:
+            return name
+    return None
+
+
+def encode(body: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(body, compresslevel=1)
+    return zlib.compress(body, 1)

@@ -1,0 +1,148 @@
+"""Local worker supervisor: starts a pool's worker processes, restarts the ones that die.
+
+Each worker listens on a unix socket (or a loopback TCP port) that stays the same
+across restarts, so the pool client's channel reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import PoolConfig
+from gateway.metrics import Metrics
+from gateway.pool import PoolClient
+from gateway.repository import ModelVersion
+from gateway.tasks import spawn
+
+log = logging.getLogger("batchgate.supervisor")
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the gateway dies without stopping it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def auto_threads(replicas: int) -> int:
+    """Share the cores between replicas so their thread pools do not fight."""
+    return max(1, (os.cpu_count() or 1) // max(replicas, 1))
+
+
+class WorkerProcess:
+    """One supervised worker slot: a fixed address and the process currently behind it."""
+
+    def __init__(self, index: int, address: str) -> None:
+        self.index = index
+        self.address = address
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class LocalSupervisor:
+    """Runs ``replicas`` worker processes for one pool and keeps them running."""
+
+    def __init__(
+        self,
+        pool: PoolClient,
+        config: PoolConfig,
+        models: Sequence[ModelVersion],
+        metrics: Metrics,
+        runtime_dir: Path,
+        log_level: str = "info",
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.models = list(models)
+        self.metrics = metrics
+        self.runtime_dir = runtime_dir
+        self.log_level = log_level
+        self.workers: dict[int, WorkerProcess] = {}
+        self._stopping = False
+        self._next_index = 0
+
+    def command(self, address: str) -> list[str]:
+        threads = self.config.threads or auto_threads(self.config.replicas)
+        argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
+        argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
+        for model in self.models:
+            argv += ["--model", f"{model.name}={model.version}:{model.path}"]
+        return argv
+
+    def _address(self, index: int) -> str:
+        if self.config.transport == "unix":
+            return f"unix:{self.runtime_dir / f'{self.pool.name}-{index}.sock'}"
+        return f"127.0.0.1:{free_port()}"
+
+    async def start(self) -> None:
+        for _ in range(self.config.replicas):
+            self.add_worker()
+        self.metrics.replicas.labels(self.pool.name).set(len(self.workers))
+
+    def add_worker(self) -> WorkerProcess:
+        index = self._next_index
+        self._next_index += 1
+        worker = WorkerProcess(index, self._address(index))
+        self.workers[index] = worker
+        worker.task = spawn(self._run(worker), name=f"worker-{self.pool.name}-{index}")
+        return worker
+
+    async def _run(self, worker: WorkerProcess) -> None:
+        backoff = BACKOFF_START_S
+        while not self._stopping:
+            worker.process = await asyncio.create_subprocess_exec(
+                *self.command(worker.address), preexec_fn=_die_with_parent
+            )
+            self.pool.add(worker.address)
+            log.info("pool %s: started worker %d (pid %d) on %s", self.pool.name, worker.index,
+                     worker.process.pid, worker.address)
+            code = await worker.process.wait()
+            if self._stopping:
+                return
+            replica = self.pool.replicas.get(worker.address)
+            if replica is not None:
+                self.pool.set_ready(replica, False)
+            worker.restarts += 1
+            self.metrics.worker_restarts.labels(self.pool.name).inc()
+            log.warning("pool %s: worker %d exited with %s; restarting in %.1fs", self.pool.name,
+                        worker.index, code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every worker (they drain), SIGKILL what is left after ``timeout_s``."""
+        self._stopping = True
+        processes = [w.process for w in self.workers.values() if w.process and w.process.returncode is None]
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        if processes:
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in processes], timeout=timeout_s)
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        for worker in self.workers.values():
+            if worker.task is not None:
+                worker.task.cancel()
+        await asyncio.gather(*(w.task for w in self.workers.values() if w.task), return_exceptions=True)

@@ -1,0 +1,1 @@
+"""batchgate workers: ONNX Runtime sessions behind the v2 gRPC inference service."""

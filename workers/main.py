@@ -1,0 +1,121 @@
+"""``batchgate worker``: one process that loads ONNX models and serves them over v2 gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
+from workers.servicer import WorkerServicer
+
+log = logging.getLogger("batchgate.worker")
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+
+def _parse_model(text: str) -> tuple[str, str, Path]:
+    try:
+        name, rest = text.split("=", 1)
+        version, path = rest.split(":", 1)
+        int(version)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=VERSION:PATH, got {text!r}") from None
+    return name, version, Path(path)
+
+
+def scan_repository(root: Path) -> list[tuple[str, str, Path]]:
+    """Latest version of every model folder under ``root`` (for workers started without a gateway)."""
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        versions = [v for v in folder.iterdir() if v.name.isdigit() and (v / "model.onnx").is_file()]
+        if versions:
+            latest = max(versions, key=lambda v: int(v.name))
+            found.append((folder.name, latest.name, latest / "model.onnx"))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchgate worker", description=__doc__)
+    parser.add_argument("--listen", required=True, help="host:port or unix:/path/to.sock")
+    parser.add_argument(
+        "--model", action="append", type=_parse_model, default=[], metavar="NAME=VERSION:PATH",
+        help="a model file to serve (repeatable)",
+    )
+    parser.add_argument("--model-repository", type=Path, help="serve the latest version of every model here")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--providers", default="auto", help="comma-separated execution providers")
+    parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s",
+    )
+    try:
+        check_single_runtime()
+    except RuntimeConflict as exc:
+        log.error("%s", exc)
+        return 2
+    specs = list(args.model)
+    if args.model_repository:
+        specs.extend(scan_repository(args.model_repository))
+    if not specs:
+        log.error("no models: give --model NAME=VERSION:PATH or --model-repository DIR")
+        return 2
+    models: dict[tuple[str, str], LoadedModel] = {}
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    for name, version, path in specs:
+        try:
+            models[(name, version)] = load_model(name, version, path, args.threads, providers)
+        except Exception as exc:  # ORT raises several types; any of them means this model cannot load
+            log.error("cannot load %s:%s from %s: %s", name, version, path, exc)
+            return 1
+
+    servicer = WorkerServicer(models)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=args.rpc_threads, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    if server.add_insecure_port(args.listen) == 0 and not args.listen.startswith("unix:"):
+        log.error("cannot listen on %s", args.listen)
+        return 1
+    server.start()
+    log.info("serving %d model(s) on %s", len(models), args.listen)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        servicer.ready = False
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stop.wait()
+    server.stop(args.drain_timeout).wait()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The v2 gRPC inference service of one worker process, over its loaded ONNX Runtime models."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from workers.runtime import LoadedModel
+from workers.v2grpc import array_from_contents, array_from_raw, array_to_raw, datatype_of
+
+log = logging.getLogger("batchgate.worker")
+
+
+def _text(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """ONNX string tensors hold text: decode BYTES elements as UTF-8."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in = array.reshape(-1)
+    flat_out = out.reshape(-1)
+    for index, item in enumerate(flat_in):
+        flat_out[index] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+    return out
+
+
+class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """Serves ModelInfer and the health and metadata RPCs for the models of one worker."""
+
+    def __init__(self, models: dict[tuple[str, str], LoadedModel], server_name: str = "batchgate-worker") -> None:
+        self._models = models
+        self._latest: dict[str, LoadedModel] = {}
+        for (name, version), model in sorted(models.items(), key=lambda item: int(item[0][1])):
+            self._latest[name] = model
+        self._server_name = server_name
+        self.ready = True
+
+    def _find(self, name: str, version: str, context: grpc.ServicerContext) -> LoadedModel:
+        model = self._models.get((name, version)) if version else self._latest.get(name)
+        if model is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or '(latest)'} is not loaded")
+        return model  # type: ignore[return-value]
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.ready)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        key_found = (request.name, request.version) in self._models if request.version else request.name in self._latest
+        return service_pb2.ModelReadyResponse(ready=self.ready and key_found)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return service_pb2.ServerMetadataResponse(name=self._server_name, version="0.1.0", extensions=[])
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        model = self._find(request.name, request.version, context)
+        versions = sorted((v for (n, v) in self._models if n == model.name), key=int)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=model.name,
+            versions=versions,
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.outputs],
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        model = self._find(request.model_name, request.model_version, context)
+        raw = request.raw_input_contents
+        feeds = {}
+        try:
+            for index, tensor in enumerate(request.inputs):
+                if raw:
+                    array = array_from_raw(tensor.datatype, tensor.shape, raw[index])
+                else:
+                    array = array_from_contents(tensor.datatype, tensor.shape, tensor.contents)
+                feeds[tensor.name] = _text(array) if tensor.datatype == "BYTES" else array
+        except (ValueError, IndexError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}")
+        names = [output.name for output in request.outputs]
+        try:
+            results = model.run(feeds, names)
+        except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
+            log.warning("model %s:%s failed: %s", model.name, model.version, exc)
+            context.abort(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}")
+        response = service_pb2.ModelInferResponse(
+            model_name=model.name, model_version=model.version, id=request.id
+        )
+        for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
+            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            response.raw_output_contents.append(array_to_raw(array))
+        return response
