@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
@@ -72,14 +73,18 @@ class Gateway:
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="batchgate-"))
         for name, pool in self.pools.items():
             pool_config = self.config.pools[name]
-            pool.on_ready_change(lambda pool=pool: self._on_ready_change(pool))
+            pool.on_ready_change(functools.partial(self._on_ready_change, pool))
             if pool_config.endpoints:
                 for address in pool_config.endpoints:
                     pool.add(address)
                 self.metrics.replicas.labels(name).set(len(pool_config.endpoints))
             else:
                 supervisor = LocalSupervisor(
-                    pool, pool_config, self.pool_models[name], self.metrics, self._runtime_dir,
+                    pool,
+                    pool_config,
+                    self.pool_models[name],
+                    self.metrics,
+                    self._runtime_dir,
                     self.config.log_level,
                 )
                 self.supervisors.append(supervisor)

@@ -32,7 +32,6 @@ from gateway.validation import CheckedRequest
 log = logging.getLogger("batchgate.batcher")
 
 Outputs = dict[str, Array]
-JOIN_WINDOW_S = 0.5
 
 
 class ModelBatcher:
@@ -60,8 +59,8 @@ class ModelBatcher:
         self.queue = RequestQueue(config.priority_levels, config.max_queue_size, config.aging_ms / 1000)
         self.latency = LatencyModel()
         self._wakeup = asyncio.Event()
-        self._joins = 0.0
-        self._joins_at = 0.0
+        self._last_join: float | None = None
+        self._join_gap: float | None = None
         self._inflight_batches = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -85,7 +84,12 @@ class ModelBatcher:
         loop = asyncio.get_running_loop()
         now = self.clock.now()
         pending = Pending(
-            checked.feeds, checked.rows, checked.shape_key, deadline, now, self.level_of(priority),
+            checked.feeds,
+            checked.rows,
+            checked.shape_key,
+            deadline,
+            now,
+            self.level_of(priority),
             loop.create_future(),
         )
         was_waiting = len(self.queue) > 0
@@ -96,9 +100,7 @@ class ModelBatcher:
         if evicted is not None:
             self._answer_error(evicted, self.queue_full_error())
         if was_waiting:
-            decay = math.exp(-(now - self._joins_at) / JOIN_WINDOW_S)
-            self._joins = self._joins * decay + 1.0
-            self._joins_at = now
+            self._note_join(now)
         pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, pending)
         self._m_depth.set(len(self.queue))
         self._wakeup.set()
@@ -140,9 +142,21 @@ class ModelBatcher:
             pending.future.set_exception(error)
 
     # -- closing rule --------------------------------------------------------------------
+    def _note_join(self, now: float) -> None:
+        if self._last_join is not None:
+            gap = now - self._last_join
+            self._join_gap = gap if self._join_gap is None else 0.7 * self._join_gap + 0.3 * gap
+        self._last_join = now
+
     def join_rate(self, now: float) -> float:
-        """Requests per second recently joining a non-empty queue."""
-        return self._joins * math.exp(-(now - self._joins_at) / JOIN_WINDOW_S) / JOIN_WINDOW_S
+        """Requests per second recently joining a non-empty queue (0 until two have).
+
+        Only arrivals that find others waiting count: a lone closed-loop client never
+        joins anyone, so it is never made to wait for companions that cannot come.
+        """
+        if self._last_join is None or self._join_gap is None:
+            return 0.0
+        return 1.0 / max(self._join_gap, now - self._last_join, 1e-6)
 
     def close_in(self, head: Pending, now: float) -> float:
         """Seconds to keep the batch open while holding an idle replica; <= 0 closes now."""

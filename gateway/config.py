@@ -43,9 +43,7 @@ class BatchingConfig(_Frozen):
     max_queue_size: int = Field(1024, ge=1, description="Queued requests beyond which new ones get 429.")
     priority_levels: int = Field(2, ge=1, le=16, description="Number of priority levels (1 = highest).")
     default_priority: int = Field(0, ge=0, description="Level for requests sending priority 0; 0 = lowest.")
-    aging_ms: float = Field(
-        100.0, gt=0, description="Each full period a request waits lifts it one priority level."
-    )
+    aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> BatchingConfig:

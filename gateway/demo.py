@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,7 @@ def _require_demo_extra() -> None:
         import sklearn  # noqa: F401
     except ImportError as exc:
         raise SystemExit(
-            f"building the demo models needs the 'demo' extra ({exc.name} is missing): "
-            "pip install 'batchgate[demo]'"
+            f"building the demo models needs the 'demo' extra ({exc.name} is missing): pip install 'batchgate[demo]'"
         ) from None
 
 
@@ -41,7 +41,10 @@ def digits_split() -> tuple[Any, Any, Any, Any]:
 
     digits = load_digits()
     features = digits.data.astype(np.float32)
-    return train_test_split(features, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    split: tuple[Any, Any, Any, Any] = tuple(
+        train_test_split(features, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    )
+    return split
 
 
 def _export_classifier(pipeline: Any) -> bytes:
@@ -84,7 +87,7 @@ def mlp_model(widths: tuple[int, ...] = (512, 2048, 2048, 512), seed: int = SEED
     nodes = []
     initializers = []
     current = "input"
-    for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for layer, (fan_in, fan_out) in enumerate(pairwise(widths)):
         weight = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         bias = np.zeros(fan_out, dtype=np.float32)
         initializers += [numpy_helper.from_array(weight, f"w{layer}"), numpy_helper.from_array(bias, f"b{layer}")]
@@ -121,27 +124,42 @@ def build_demo(root: Path, progress: Callable[[str], None] = print) -> None:
     root.mkdir(parents=True, exist_ok=True)
     progress("training digits_mlp on scikit-learn's digits ...")
     mlp_bytes, mlp_acc = _digits_model("mlp")
-    _write(root, "digits_mlp", mlp_bytes, {
-        "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
-        "timeout_ms": 1000,
-        "slo": {"p99_ms": 50},
-        "metadata": {"task": "digits classification", "heldout_accuracy": round(mlp_acc, 4)},
-    })
+    _write(
+        root,
+        "digits_mlp",
+        mlp_bytes,
+        {
+            "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
+            "timeout_ms": 1000,
+            "slo": {"p99_ms": 50},
+            "metadata": {"task": "digits classification", "heldout_accuracy": round(mlp_acc, 4)},
+        },
+    )
     progress(f"  digits_mlp held-out accuracy {mlp_acc:.4f}")
     progress("training digits_logreg ...")
     lr_bytes, lr_acc = _digits_model("logreg")
-    _write(root, "digits_logreg", lr_bytes, {
-        "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
-        "timeout_ms": 1000,
-        "slo": {"p99_ms": 50},
-        "metadata": {"task": "digits classification", "heldout_accuracy": round(lr_acc, 4)},
-    })
+    _write(
+        root,
+        "digits_logreg",
+        lr_bytes,
+        {
+            "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
+            "timeout_ms": 1000,
+            "slo": {"p99_ms": 50},
+            "metadata": {"task": "digits classification", "heldout_accuracy": round(lr_acc, 4)},
+        },
+    )
     progress(f"  digits_logreg held-out accuracy {lr_acc:.4f}")
     progress("building mlp (512 -> 2048 -> 2048 -> 512, fixed seed) ...")
-    _write(root, "mlp", mlp_model(), {
-        "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
-        "timeout_ms": 2000,
-        "slo": {"p99_ms": 100},
-        "metadata": {"task": "benchmark: compute-heavy dense network", "seed": SEED},
-    })
+    _write(
+        root,
+        "mlp",
+        mlp_model(),
+        {
+            "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
+            "timeout_ms": 2000,
+            "slo": {"p99_ms": 100},
+            "metadata": {"task": "benchmark: compute-heavy dense network", "seed": SEED},
+        },
+    )
     progress(f"demo repository ready in {root}")

@@ -5,8 +5,28 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
@@ -22,16 +42,25 @@ class Metrics:
             "batchgate_requests", "Inference requests answered, by status code.", [*model, "code"], registry=r
         )
         self.request_duration = Histogram(
-            "batchgate_request_duration_seconds", "Time from admission to answer.", model,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "batchgate_request_duration_seconds",
+            "Time from admission to answer.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_duration = Histogram(
-            "batchgate_queue_duration_seconds", "Time a request waited in its model queue.", model,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "batchgate_queue_duration_seconds",
+            "Time a request waited in its model queue.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.compute_duration = Histogram(
-            "batchgate_compute_duration_seconds", "Round trip of one batch to a worker.", model,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "batchgate_compute_duration_seconds",
+            "Round trip of one batch to a worker.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "batchgate_batch_size", "Rows per batch sent to a worker.", model, buckets=BATCH_BUCKETS, registry=r

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.errors import BatchgateError, InvalidInput, NotFound, Unavailable, WorkerError
@@ -44,6 +43,8 @@ class Replica:
         self.outstanding = 0
         self.ready = False
         self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def __repr__(self) -> str:
         return f"Replica({self.address}, outstanding={self.outstanding}, ready={self.ready})"
@@ -86,8 +87,7 @@ class PoolClient:
         if replica is None:
             return
         replica.draining = True
-        while replica.outstanding:
-            await asyncio.sleep(0.01)
+        await replica.idle.wait()
         self.replicas.pop(address, None)
         await replica.channel.close()
 
@@ -127,6 +127,7 @@ class PoolClient:
         replica = self._pick()
         if replica is not None:
             replica.outstanding += 1
+            replica.idle.clear()
         return replica
 
     async def acquire(self) -> Replica:
@@ -146,6 +147,8 @@ class PoolClient:
 
     def release(self, replica: Replica) -> None:
         replica.outstanding -= 1
+        if not replica.outstanding:
+            replica.idle.set()
         self._wake()
 
     def _wake(self) -> None:

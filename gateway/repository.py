@@ -52,9 +52,8 @@ def scan_repository(root: Path) -> dict[str, RepositoryModel]:
             chosen = [v for v in available if v.version in wanted]
             missing = wanted - {v.version for v in chosen}
             if missing:
-                raise ConfigError(
-                    f"{folder / 'config.yaml'}: version_policy.specific: versions {sorted(missing)} have no {MODEL_FILE}"
-                )
+                where = folder / "config.yaml"
+                raise ConfigError(f"{where}: version_policy.specific: versions {sorted(missing)} have no {MODEL_FILE}")
         else:
             chosen = available[-policy.latest :]
         if not chosen:
@@ -69,9 +68,7 @@ def check_references(models: Mapping[str, RepositoryModel], pools: Mapping[str, 
     """Pools and fallbacks named by models must exist; fallback chains must not loop."""
     for model in models.values():
         if model.config.pool not in pools:
-            raise ConfigError(
-                f"{model.name}/config.yaml: pool: {model.config.pool!r} is not one of {sorted(pools)}"
-            )
+            raise ConfigError(f"{model.name}/config.yaml: pool: {model.config.pool!r} is not one of {sorted(pools)}")
         seen = [model.name]
         fallback = model.config.fallback
         while fallback is not None:

@@ -26,7 +26,15 @@ class Pending:
     """One admitted request waiting for (or in) a batch."""
 
     __slots__ = (
-        "deadline", "enqueued", "feeds", "future", "level", "rows", "shape_key", "state", "timer",
+        "deadline",
+        "enqueued",
+        "feeds",
+        "future",
+        "level",
+        "rows",
+        "shape_key",
+        "state",
+        "timer",
     )
 
     def __init__(
@@ -99,16 +107,24 @@ class RequestQueue:
         while queue and queue[0].state != QUEUED:
             queue.popleft()
 
+    def _rank(self, level: int, now: float) -> int:
+        """Level minus one per aging period the level's oldest request has waited."""
+        queue = self._levels[level]
+        self._trim(queue)
+        if not level or not queue:
+            return level
+        return level - int((now - queue[0].enqueued) / self.aging_s)
+
     def head(self, now: float) -> Pending | None:
         """The request to serve next: best effective level, oldest first among equals."""
         best: Pending | None = None
-        best_rank = 0.0
+        best_rank = 0
         for level, queue in enumerate(self._levels):
             self._trim(queue)
             if not queue:
                 continue
             first = queue[0]
-            rank = level - int((now - first.enqueued) / self.aging_s) if level else 0
+            rank = self._rank(level, now)
             if best is None or rank < best_rank or (rank == best_rank and first.enqueued < best.enqueued):
                 best, best_rank = first, rank
         return best
@@ -118,10 +134,7 @@ class RequestQueue:
         batch = [head]
         rows = head.rows
         self._take_one(head)
-        order = sorted(
-            range(len(self._levels)),
-            key=lambda lv: lv - (int((now - self._levels[lv][0].enqueued) / self.aging_s) if lv and self._levels[lv] else 0),
-        )
+        order = sorted(range(len(self._levels)), key=lambda level: self._rank(level, now))
         for level in order:
             queue = self._levels[level]
             skipped: list[Pending] = []

@@ -115,8 +115,13 @@ class LocalSupervisor:
                 *self.command(worker.address), preexec_fn=_die_with_parent
             )
             self.pool.add(worker.address)
-            log.info("pool %s: started worker %d (pid %d) on %s", self.pool.name, worker.index,
-                     worker.process.pid, worker.address)
+            log.info(
+                "pool %s: started worker %d (pid %d) on %s",
+                self.pool.name,
+                worker.index,
+                worker.process.pid,
+                worker.address,
+            )
             code = await worker.process.wait()
             if self._stopping:
                 return
@@ -125,8 +130,9 @@ class LocalSupervisor:
                 self.pool.set_ready(replica, False)
             worker.restarts += 1
             self.metrics.worker_restarts.labels(self.pool.name).inc()
-            log.warning("pool %s: worker %d exited with %s; restarting in %.1fs", self.pool.name,
-                        worker.index, code, backoff)
+            log.warning(
+                "pool %s: worker %d exited with %s; restarting in %.1fs", self.pool.name, worker.index, code, backoff
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 

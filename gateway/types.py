@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from workers.runtime import TensorSpec
@@ -85,4 +84,3 @@ class Signature:
             if spec.name == name:
                 return spec
         return None
-

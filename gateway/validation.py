@@ -38,16 +38,20 @@ def check_request(request: InferRequest, signature: Signature, max_batch_size: i
     rows = -1
     shape_key = []
     for spec in signature.inputs:
-        tensor = given.get(spec.name)
-        if tensor is None:
-            raise InvalidInput(f"missing input '{spec.name}'; model {request.model} expects {_names(signature.inputs)}")
+        found = given.get(spec.name)
+        if found is None:
+            expected = _names(signature.inputs)
+            raise InvalidInput(f"missing input '{spec.name}'; model {request.model} expects {expected}")
+        tensor = found
         if tensor.datatype != spec.datatype:
             raise InvalidInput(f"input '{spec.name}': datatype {tensor.datatype} but the model expects {spec.datatype}")
         shape = tensor.shape
         if len(shape) != len(spec.shape) or any(
             want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
         ):
-            raise InvalidInput(f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.shape)}")
+            raise InvalidInput(
+                f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.shape)}"
+            )
         if max_batch_size > 0:
             if not shape:
                 raise InvalidInput(f"input '{spec.name}' has no batch dimension")

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchgate worker", description=__doc__)
     parser.add_argument("--listen", required=True, help="host:port or unix:/path/to.sock")
     parser.add_argument(
-        "--model", action="append", type=_parse_model, default=[], metavar="NAME=VERSION:PATH",
+        "--model",
+        action="append",
+        type=_parse_model,
+        default=[],
+        metavar="NAME=VERSION:PATH",
         help="a model file to serve (repeatable)",
     )
     parser.add_argument("--model-repository", type=Path, help="serve the latest version of every model here")

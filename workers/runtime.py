@@ -139,9 +139,7 @@ class LoadedModel:
                 return
 
 
-def load_model(
-    name: str, version: str, path: Path, threads: int, providers: Sequence[str]
-) -> LoadedModel:
+def load_model(name: str, version: str, path: Path, threads: int, providers: Sequence[str]) -> LoadedModel:
     """Create and warm up the session for one model file."""
     import onnxruntime as ort
 
@@ -154,7 +152,5 @@ def load_model(
     session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     model = LoadedModel(name, version, path, session)
     model.warm_up()
-    log.info(
-        "loaded %s:%s from %s on %s (%d threads)", name, version, path, model.providers[0], threads
-    )
+    log.info("loaded %s:%s from %s on %s (%d threads)", name, version, path, model.providers[0], threads)
     return model

@@ -31,7 +31,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
     def __init__(self, models: dict[tuple[str, str], LoadedModel], server_name: str = "batchgate-worker") -> None:
         self._models = models
         self._latest: dict[str, LoadedModel] = {}
-        for (name, version), model in sorted(models.items(), key=lambda item: int(item[0][1])):
+        for (name, _version), model in sorted(models.items(), key=lambda item: int(item[0][1])):
             self._latest[name] = model
         self._server_name = server_name
         self.ready = True
@@ -86,9 +86,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
             log.warning("model %s:%s failed: %s", model.name, model.version, exc)
             context.abort(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}")
-        response = service_pb2.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id
-        )
+        response = service_pb2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
             response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
             response.raw_output_contents.append(array_to_raw(array))

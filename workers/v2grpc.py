@@ -46,9 +46,7 @@ def array_from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview)
         raise ValueError(f"unsupported datatype {datatype}")
     expected = count * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(
-            f"has {len(raw)} bytes of data but shape {list(shape)} of {datatype} needs {expected}"
-        )
+        raise ValueError(f"has {len(raw)} bytes of data but shape {list(shape)} of {datatype} needs {expected}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

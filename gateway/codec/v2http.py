@@ -65,21 +65,15 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
     if array.size != count:
-        raise InvalidInput(
-            f"input '{name}': data has {array.size} elements but shape {list(shape)} needs {count}"
-        )
+        raise InvalidInput(f"input '{name}': data has {array.size} elements but shape {list(shape)} needs {count}")
     return array.reshape(shape)
 
 
-def decode_request(
-    model: str, version: str, body: bytes, header_length: int | None
-) -> InferRequest:
+def decode_request(model: str, version: str, body: bytes, header_length: int | None) -> InferRequest:
     """Decode a v2 infer body; raises :class:`InvalidInput` naming what is wrong."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body"
-            )
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
         header = body[:header_length]
         binary = memoryview(body)[header_length:]
     else:
@@ -110,9 +104,7 @@ def decode_request(
             if type(size) is not int or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
-                raise InvalidInput(
-                    f"input '{name}': binary_data_size {size} runs past the end of the binary data"
-                )
+                raise InvalidInput(f"input '{name}': binary_data_size {size} runs past the end of the binary data")
             try:
                 data = array_from_raw(datatype, shape, binary[offset : offset + size])
             except ValueError as exc:
@@ -165,9 +157,7 @@ def decode_request(
 def _json_data(array: Array) -> Any:
     flat = array.reshape(-1)
     if array.dtype == np.object_:
-        return [
-            item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat
-        ]
+        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat]
     return np.ascontiguousarray(flat)
 
 

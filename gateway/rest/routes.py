@@ -124,9 +124,7 @@ class RestAPI:
                 label_version = version or max(self.router.models[model], key=int)
                 self.metrics.requests.labels(model, label_version, str(code)).inc()
                 if code == 200:
-                    self.metrics.request_duration.labels(model, label_version).observe(
-                        time.perf_counter() - started
-                    )
+                    self.metrics.request_duration.labels(model, label_version).observe(time.perf_counter() - started)
         return response
 
     async def _infer(self, request: Request, model: str, version: str) -> Response:

@@ -1,0 +1,53 @@
+# batchgate: the two commands are `make run` and `make test`; everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODELS ?= models
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint typecheck unit bench models clean help
+
+help:
+	@echo "make run    - install, build the demo models, serve on $(HOST):$(PORT)"
+	@echo "make test   - install with test extras, lint, type-check, run the whole suite"
+	@echo "make bench  - benchmark the gateway against raw ONNX Runtime (writes benchmarks/results/)"
+	@echo "make clean  - remove the virtual environment and built models"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One stamp per install flavour, redone when pyproject.toml changes.
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,demo]'
+	@touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	@touch $@ $(VENV)/.run-installed
+
+$(MODELS)/.built: | $(VENV)/.run-installed
+	$(BIN)/batchgate models demo $(MODELS)
+	@touch $@
+
+models: $(MODELS)/.built
+
+run: $(VENV)/.run-installed $(MODELS)/.built
+	$(BIN)/batchgate serve --model-repository $(MODELS) --host $(HOST) --http-port $(PORT) --log-format text
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check gateway workers tests benchmarks
+	$(BIN)/ruff format --check gateway workers tests benchmarks
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Shared fixtures: the demo repository (built once), test models, and real gateways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import GatewayProcess, identity_model, write_model
+
+
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gateway.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo") / "models"
+    build_demo(root, progress=lambda _line: None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def serving_repository(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Path:
+    """The demo classifiers plus an identity model over every datatype."""
+    root = tmp_path_factory.mktemp("serving") / "models"
+    for name in ("digits_mlp", "digits_logreg"):
+        source = demo_repository / name
+        write_model(root, name, (source / "1" / "model.onnx").read_bytes())
+        (root / name / "config.yaml").write_text((source / "config.yaml").read_text())
+    write_model(root, "identity", identity_model(), {"batching": {"max_batch_size": 16}})
+    return root
+
+
+@pytest.fixture(scope="session")
+def gateway(serving_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One real gateway with two real worker processes, shared by the read-mostly tests."""
+    log_path = tmp_path_factory.mktemp("logs") / "gateway.log"
+    process = GatewayProcess(serving_repository, log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,134 @@
+"""Gateway process behaviour: the idle-replica rule, worker restarts, clean shutdown, bad config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from tests.helpers import GatewayProcess, write_model
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def _infer(client: httpclient.InferenceServerClient, seed: int) -> np.ndarray:
+    batch = np.random.default_rng(seed).uniform(0, 16, (1, 64)).astype(np.float32)
+    tensor = httpclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(batch)
+    result: np.ndarray = client.infer("digits_mlp", [tensor]).as_numpy("label")
+    return result
+
+
+@pytest.fixture(scope="module")
+def slow_window_gateway(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[GatewayProcess]:
+    """digits_mlp with a 50 ms batching window: a lone client must never wait for it."""
+    root = tmp_path_factory.mktemp("window") / "models"
+    write_model(
+        root,
+        "digits_mlp",
+        (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(),
+        {"batching": {"max_batch_size": 64, "max_queue_delay_us": 50_000}},
+    )
+    process = GatewayProcess(root, tmp_path_factory.mktemp("logs") / "window.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def test_single_client_does_not_pay_the_queue_delay(slow_window_gateway: GatewayProcess) -> None:
+    client = httpclient.InferenceServerClient(slow_window_gateway.url)
+    for seed in range(40):
+        _infer(client, seed)
+    labels = {"model": "digits_mlp"}
+    count = slow_window_gateway.metric("batchgate_queue_duration_seconds_count", labels)
+    quick = slow_window_gateway.metric("batchgate_queue_duration_seconds_bucket", {**labels, "le": "0.01"})
+    assert count == 40
+    assert quick == count, "a lone request waited for the 50 ms batching window"
+
+
+def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gateway: GatewayProcess) -> None:
+    gateway = slow_window_gateway
+    workers = _children(gateway.process.pid)
+    assert len(workers) == 2
+    client = httpclient.InferenceServerClient(gateway.url)
+    os.kill(workers[0], signal.SIGKILL)
+    failures = 0
+    deadline = time.monotonic() + 30
+    restarted = False
+    seed = 0
+    while time.monotonic() < deadline:
+        seed += 1
+        try:
+            _infer(client, seed)
+        except Exception:
+            failures += 1
+        if (
+            gateway.metric("batchgate_worker_restarts_total") >= 1
+            and gateway.metric("batchgate_replicas_ready", {"pool": "default"}) == 2
+        ):
+            restarted = True
+            break
+    assert restarted, gateway.log()
+    assert failures == 0
+    assert len(_children(gateway.process.pid)) == 2
+
+
+def test_sigterm_stops_gateway_and_workers(serving_repository: Path, tmp_path: Path) -> None:
+    gateway = GatewayProcess(serving_repository, tmp_path / "stop.log")
+    gateway.wait_ready()
+    workers = _children(gateway.process.pid)
+    started = time.monotonic()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why.
+    assert gateway.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 15
+    assert "Application shutdown complete" in gateway.log()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_bad_config_fails_at_start_with_the_field(tmp_path: Path, serving_repository: Path) -> None:
+    config = tmp_path / "batchgate.yaml"
+    config.write_text("pools: {default: {inflight_per_replica: 0}}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--model-repository",
+            str(serving_repository),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "pools.default.inflight_per_replica" in result.stderr
+
+
+def test_missing_repository_says_how_to_build_one(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--model-repository", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "batchgate models demo" in result.stderr

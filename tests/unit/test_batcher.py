@@ -1,0 +1,107 @@
+"""The batch-closing rule on a fake clock (no sleeps, no workers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from gateway.batcher import ModelBatcher
+from gateway.clock import FakeClock
+from gateway.config import BatchingConfig
+from gateway.errors import Overloaded
+from gateway.metrics import Metrics
+from gateway.pool import PoolClient
+from gateway.validation import CheckedRequest
+
+
+def _checked(rows: int = 1) -> CheckedRequest:
+    return CheckedRequest({"x": np.zeros((rows, 4), np.float32)}, rows, ((4,),), ("y",))
+
+
+def _batcher(clock: FakeClock, **batching: object) -> ModelBatcher:
+    config = BatchingConfig(**batching)  # type: ignore[arg-type]
+    return ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
+
+
+def test_lone_request_closes_at_once_even_with_a_long_delay() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_delay_us=50_000)
+        pending = batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert batcher.close_in(pending, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_waits_while_requests_keep_joining_then_closes_at_the_delay() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_delay_us=10_000, max_batch_size=32)
+        head = batcher.submit(_checked(), deadline=clock.now() + 1)
+        for _ in range(5):
+            clock.advance(0.001)
+            batcher.submit(_checked(), deadline=clock.now() + 1)
+        wait = batcher.close_in(head, clock.now())
+        assert 0 < wait <= 0.005 + 1e-9
+        clock.advance(0.005)
+        assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_full_or_preferred_size_closes_at_once() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_delay_us=10_000, max_batch_size=32, preferred_batch_sizes=[4])
+        head = batcher.submit(_checked(1), deadline=clock.now() + 1)
+        for _ in range(2):
+            clock.advance(0.0001)
+            batcher.submit(_checked(1), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) > 0  # 3 rows, requests joining
+        batcher.submit(_checked(1), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_earliest_deadline_closes_the_batch_early() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_delay_us=50_000, max_batch_size=8)
+        for _ in range(10):
+            batcher.latency.observe(8, 0.020)
+        head = batcher.submit(_checked(), deadline=clock.now() + 0.030)
+        clock.advance(0.0001)
+        batcher.submit(_checked(), deadline=clock.now() + 1)
+        clock.advance(0.0001)
+        batcher.submit(_checked(), deadline=clock.now() + 1)
+        wait = batcher.close_in(head, clock.now())
+        assert 0 < wait <= 0.0101
+        clock.advance(0.0101)
+        assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_is_overloaded_with_retry_after() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_size=2)
+        batcher.submit(_checked(), deadline=clock.now() + 1)
+        batcher.submit(_checked(), deadline=clock.now() + 1)
+        try:
+            batcher.submit(_checked(), deadline=clock.now() + 1)
+        except Overloaded as exc:
+            assert exc.http_status == 429 and exc.retry_after_s is not None and exc.retry_after_s >= 1
+        else:
+            raise AssertionError("third request was admitted into a queue of two")
+
+    asyncio.run(scenario())
+
+
+def test_priority_maps_to_levels() -> None:
+    batcher = _batcher(FakeClock(), priority_levels=3)
+    assert [batcher.level_of(p) for p in (1, 2, 3, 9, 0)] == [0, 1, 2, 2, 2]
+    batcher = _batcher(FakeClock(), priority_levels=3, default_priority=1)
+    assert batcher.level_of(0) == 0

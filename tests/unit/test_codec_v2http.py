@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gateway.codec.v2http import decode_request, encode_response, json_to_array
+from gateway.errors import InvalidInput
+from gateway.types import InferRequest, InferResponse, OutputTensor, RequestedOutput
+from workers.dtypes import serialize_bytes
+
+
+def test_json_data_flat_or_nested() -> None:
+    flat = json_to_array("x", "INT32", (2, 2), [1, 2, 3, 4])
+    nested = json_to_array("x", "INT32", (2, 2), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(flat, nested)
+    assert flat.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "fragment"),
+    [
+        ("UINT8", [300], "UINT8"),
+        ("FP32", [[1, 2], [3]], "FP32"),
+        ("BYTES", [1], "strings"),
+        ("INT8", [1, 2], "elements"),
+    ],
+)
+def test_json_data_errors_name_the_input(datatype: str, data: object, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment) as info:
+        json_to_array("pixels", datatype, (1,), data)
+    assert "pixels" in str(info.value)
+
+
+def test_binary_inputs_are_views_over_the_body() -> None:
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    words = np.array([b"ab", b""], dtype=object)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "a", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": 24}},
+                {"name": "w", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 10}},
+            ],
+            "parameters": {"binary_data_output": True, "priority": 2, "timeout": 5000, "custom": 1},
+            "id": "7",
+        }
+    ).encode()
+    body = header + values.tobytes() + serialize_bytes(words)
+    request = decode_request("m", "", body, len(header))
+    np.testing.assert_array_equal(request.inputs[0].data, values)
+    assert not request.inputs[0].data.flags.owndata  # a view, not a copy
+    assert list(request.inputs[1].data) == [b"ab", b""]
+    assert (request.binary_output, request.priority, request.timeout_us, request.id) == (True, 2, 5000, "7")
+    assert request.parameters == {"custom": 1}
+
+
+def test_classification_extension_is_refused() -> None:
+    body = json.dumps(
+        {
+            "inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}],
+            "outputs": [{"name": "y", "parameters": {"classification": 3}}],
+        }
+    ).encode()
+    with pytest.raises(InvalidInput, match="classification"):
+        decode_request("m", "", body, None)
+
+
+def _request(**kwargs: object) -> InferRequest:
+    return InferRequest("m", "1", [], **kwargs)  # type: ignore[arg-type]
+
+
+def test_encode_json_and_binary_outputs_per_output() -> None:
+    response = InferResponse(
+        "m",
+        "1",
+        [
+            OutputTensor("y", "FP32", np.array([[1.5, 2.5]], dtype=np.float32)),
+            OutputTensor("s", "BYTES", np.array([b"hi"], dtype=object)),
+        ],
+        id="9",
+        parameters={"served_by": "m:1"},
+    )
+    body, length = encode_response(response, _request(outputs=[RequestedOutput("y", True), RequestedOutput("s")]))
+    assert length is not None
+    doc = json.loads(body[:length])
+    assert doc["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert doc["outputs"][1]["data"] == ["hi"]
+    assert np.frombuffer(body[length:], dtype=np.float32).tolist() == [1.5, 2.5]
+    assert doc["id"] == "9" and doc["parameters"]["served_by"] == "m:1"
+
+    body, length = encode_response(response, _request())
+    assert length is None and json.loads(body)["outputs"][0]["data"] == [1.5, 2.5]
