@@ -90,8 +90,6 @@ class Gateway:
                 self.supervisors.append(supervisor)
                 await supervisor.start()
             pool.start()
-        for served in self.router.all_served():
-            served.batcher.start()
 
     async def stop(self) -> None:
         await self.router.drain(self.config.drain_timeout_s)

@@ -3,10 +3,10 @@
 The dispatcher first holds a replica slot, then decides when to close the batch:
 at once when it is full or a preferred size, when the oldest request has waited
 ``max_queue_delay_us``, when the earliest deadline leaves no more slack (using the
-online latency fit), or when nothing better is coming — no request has recently
-joined a non-empty queue, so waiting would only add latency (a single closed-loop
-client never pays the delay). While every slot is busy requests simply accumulate,
-which is where large batches come from under load.
+online latency fit time ≈ a·rows + b), or when nothing better is coming: waiting
+would not raise throughput (see :meth:`ModelBatcher.close_in`), so a single
+closed-loop client never pays the delay. While every slot is busy requests simply
+accumulate, which is where large batches come from under load.
 """
 
 from __future__ import annotations
@@ -23,15 +23,12 @@ from gateway.config import BatchingConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, Overloaded, Unavailable, WorkerError
 from gateway.latency_model import LatencyModel
 from gateway.metrics import Metrics
-from gateway.pool import PoolClient, Replica
+from gateway.pool import Outputs, PoolClient, Replica
 from gateway.request_queue import QUEUED, Pending, QueueFull, RequestQueue
-from gateway.tasks import spawn
 from gateway.types import Array
 from gateway.validation import CheckedRequest
 
 log = logging.getLogger("batchgate.batcher")
-
-Outputs = dict[str, Array]
 
 
 class ModelBatcher:
@@ -57,14 +54,17 @@ class ModelBatcher:
         self.preferred = frozenset(config.preferred_batch_sizes)
         self.preferred_max = max(config.preferred_batch_sizes, default=self.max_rows)
         self.queue = RequestQueue(config.priority_levels, config.max_queue_size, config.aging_ms / 1000)
+        # Round trip (for deadlines) and worker busy time (for the closing rule) per batch.
         self.latency = LatencyModel()
-        self._wakeup = asyncio.Event()
+        self.occupancy = LatencyModel()
+        self._pumping = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_at: float | None = None
         self._last_join: float | None = None
         self._join_gap: float | None = None
         self._inflight_batches = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
         labels = (model, version)
         self._m_batch = metrics.batch_size.labels(*labels)
         self._m_queue = metrics.queue_duration.labels(*labels)
@@ -102,8 +102,7 @@ class ModelBatcher:
         if was_waiting:
             self._note_join(now)
         pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, pending)
-        self._m_depth.set(len(self.queue))
-        self._wakeup.set()
+        self._pump()
         return pending
 
     def queue_full_error(self) -> BatchgateError:
@@ -124,6 +123,7 @@ class ModelBatcher:
         if not pending.future.done():
             pending.future.cancel()
         self._m_depth.set(len(self.queue))
+        self._check_idle()
 
     def _expire(self, pending: Pending) -> None:
         pending.timer = None
@@ -132,6 +132,7 @@ class ModelBatcher:
         where = "in the queue" if pending.state == QUEUED else "while computing"
         self.queue.discard(pending)
         self._answer_error(pending, DeadlineExceeded(f"deadline exceeded {where} for model {self.model}"))
+        self._check_idle()
 
     @staticmethod
     def _answer_error(pending: Pending, error: BatchgateError) -> None:
@@ -159,7 +160,14 @@ class ModelBatcher:
         return 1.0 / max(self._join_gap, now - self._last_join, 1e-6)
 
     def close_in(self, head: Pending, now: float) -> float:
-        """Seconds to keep the batch open while holding an idle replica; <= 0 closes now."""
+        """Seconds to keep the batch open while holding an idle replica; <= 0 closes now.
+
+        Waiting ``w`` for ``λ·w`` more rows raises throughput only when the rows that
+        arrive during one fixed per-batch cost ``b`` outnumber the rows already queued
+        (compare n/(a·n+b) with (n+λw)/(a·(n+λw)+b+w)): wait iff ``λ·b > n``. A lone
+        client (λ = 0) or a cheap batch overhead therefore never waits; a GPU-like
+        model with a large ``b`` under heavy traffic does, up to the delay and deadline.
+        """
         rows = self.queue.rows
         if rows >= self.preferred_max or rows in self.preferred:
             return 0.0
@@ -169,95 +177,116 @@ class ModelBatcher:
         slack = head.deadline - now - self.latency.predict(self.max_rows)
         if slack <= 0:
             return 0.0
-        if self.join_rate(now) * remaining < 1.0:
+        if self.join_rate(now) * self.occupancy.fixed_s <= rows:
             return 0.0
         return min(remaining, slack)
 
     # -- dispatch ------------------------------------------------------------------------
-    async def _dispatch(self) -> None:
-        while True:
-            if not len(self.queue):
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            replica = self.pool.try_acquire() or await self.pool.acquire()
-            head: Pending | None = None
-            while True:
+    def _pump(self) -> None:
+        """Close and send every batch that should go now; re-armed by arrivals, timers and free slots.
+
+        Runs synchronously inside submit, the close timer and the worker's reply, so a
+        freed worker gets its next batch before the event loop turns to anything else.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while len(self.queue):
                 now = self.clock.now()
                 head = self.queue.head(now)
                 if head is None:
                     break
-                wait = self.close_in(head, now)
-                if wait <= 0:
+                if not self.pool.has_idle_slot():
+                    self.pool.notify_when_free(self._pump)
                     break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), wait)
-                except TimeoutError:
-                    pass
-            if head is None:
-                self.pool.release(replica)
-                continue
-            batch = self.queue.take(head, self.max_rows, now)
+                wait = self.close_in(head, now)
+                if wait > 0:
+                    self._arm(now + wait)
+                    break
+                replica = self.pool.try_acquire()
+                if replica is None:
+                    self.pool.notify_when_free(self._pump)
+                    break
+                batch = self.queue.take(head, self.max_rows, now)
+                rows = sum(p.rows for p in batch)
+                for pending in batch:
+                    self._m_queue.observe(now - pending.enqueued)
+                self._m_batch.observe(rows)
+                self._inflight_batches += 1
+                self._idle.clear()
+                self._launch(replica, batch, rows, self._concat(batch), attempt=1)
             self._m_depth.set(len(self.queue))
-            self._inflight_batches += 1
-            self._idle.clear()
-            spawn(self._execute(replica, batch, now), name=f"batch-{self.model}")
+        finally:
+            self._pumping = False
+
+    def _arm(self, when: float) -> None:
+        if self._close_at is not None and self._close_at <= when:
+            return
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._close_at = when
+        self._close_timer = loop.call_at(loop.time() + (when - self.clock.now()), self._on_close_timer)
+
+    def _on_close_timer(self) -> None:
+        self._close_timer = None
+        self._close_at = None
+        self._pump()
 
     def _concat(self, batch: list[Pending]) -> dict[str, Array]:
         if len(batch) == 1:
             return batch[0].feeds
         return {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
 
-    async def _execute(self, replica: Replica, batch: list[Pending], closed_at: float) -> None:
-        try:
-            rows = sum(p.rows for p in batch)
-            for pending in batch:
-                self._m_queue.observe(closed_at - pending.enqueued)
-            self._m_batch.observe(rows)
-            feeds = self._concat(batch)
-            outputs = await self._infer_with_retry(replica, feeds, batch)
-            if outputs is None:
-                return
-            self._split(outputs, batch, rows)
-        finally:
-            self._inflight_batches -= 1
-            if not self._inflight_batches:
-                self._idle.set()
+    def _launch(self, replica: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array], attempt: int) -> None:
+        timeout = max(max(p.deadline for p in batch) - self.clock.now(), 0.001)
+        started = self.clock.now()
 
-    async def _infer_with_retry(
-        self, replica: Replica | None, feeds: dict[str, Array], batch: list[Pending]
-    ) -> Outputs | None:
-        rows = sum(p.rows for p in batch)
-        for attempt in (1, 2):
-            if replica is None:
-                replica = self.pool.try_acquire()
-                if replica is None:
-                    break
-            timeout = max(max(p.deadline for p in batch) - self.clock.now(), 0.001)
-            started = self.clock.now()
-            try:
-                outputs = await self.pool.infer(replica, self.model, self.version, feeds, timeout)
-            except BatchgateError as exc:
-                error: BatchgateError = exc
-            except Exception as exc:  # never let one batch's surprise kill the dispatcher
-                log.exception("batch for %s failed", self.model)
-                error = WorkerError(f"batch failed: {exc!r}")
-            else:
+        def done(outputs: Outputs | None, busy: float | None, error: BatchgateError | None) -> None:
+            self.pool.release(replica)
+            if outputs is not None:
                 elapsed = self.clock.now() - started
                 self.latency.observe(rows, elapsed)
+                self.occupancy.observe(rows, elapsed if busy is None else busy)
                 self._m_compute.observe(elapsed)
-                return outputs
-            finally:
-                self.pool.release(replica)
-            replica = None
-            if not (isinstance(error, Unavailable) and attempt == 1):
-                break
-            self.metrics.retries.labels(self.pool.name).inc()
-            log.warning("batch for %s failed on a replica (%s); retrying once", self.model, error)
-        for pending in batch:
-            self._answer_error(pending, error)
-        return None
+            elif error is not None and error.retryable and attempt == 1 and self._retry(replica, batch, rows, feeds):
+                return
+            self._finish_batch()
+            if outputs is not None:
+                self._split(outputs, batch, rows)
+            else:
+                failure = error or WorkerError("batch failed")
+                for pending in batch:
+                    self._answer_error(pending, failure)
+
+        try:
+            self.pool.send(replica, self.model, self.version, feeds, timeout, done)
+        except Exception as exc:  # a surprise while encoding must fail this batch, not the gateway
+            log.exception("batch for %s could not be sent", self.model)
+            done(None, None, WorkerError(f"batch could not be sent: {exc!r}"))
+
+    def _retry(self, failed: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array]) -> bool:
+        """Send a failed batch once more on another replica, if one is free and time allows."""
+        if all(p.future.done() for p in batch) or min(p.deadline for p in batch) <= self.clock.now():
+            return False
+        replica = self.pool.try_acquire(exclude=failed)
+        if replica is None:
+            return False
+        self.metrics.retries.labels(self.pool.name).inc()
+        log.warning("batch for %s failed on %s; retrying once on %s", self.model, failed.address, replica.address)
+        self._launch(replica, batch, rows, feeds, attempt=2)
+        return True
+
+    def _finish_batch(self) -> None:
+        self._inflight_batches -= 1
+        # The freed worker gets the next batch before this one's answers are split out.
+        self._pump()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._inflight_batches and not len(self.queue):
+            self._idle.set()
 
     def _split(self, outputs: Outputs, batch: list[Pending], rows: int) -> None:
         start = 0
@@ -275,29 +304,23 @@ class ModelBatcher:
             start = end
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = spawn(self._dispatch(), name=f"dispatch-{self.model}-{self.version}")
-
     async def drain(self, timeout_s: float) -> None:
-        """Wait for queued and in-flight work to finish (bounded by ``timeout_s``)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while (len(self.queue) or self._inflight_batches) and loop.time() < end:
-            self._wakeup.set()
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(end - loop.time(), 0))
-            except TimeoutError:
-                break
-            if len(self.queue):
-                await asyncio.sleep(0)
+        """Wait until queued and in-flight work has finished (bounded by ``timeout_s``)."""
+        if not len(self.queue) and not self._inflight_batches:
+            return
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("model %s: drain timed out with %d queued", self.model, len(self.queue))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while len(self.queue):
-            head = self.queue.head(self.clock.now())
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        now = self.clock.now()
+        while True:
+            head = self.queue.head(now)
             if head is None:
                 break
-            for pending in self.queue.take(head, 1 << 30, self.clock.now()):
+            for pending in self.queue.take(head, 1 << 30, now):
                 self._answer_error(pending, Unavailable("gateway is shutting down"))

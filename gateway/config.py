@@ -107,13 +107,16 @@ class PoolConfig(_Frozen):
         description="Execution providers in order; 'auto' = CUDA when present, then CPU.",
     )
     inflight_per_replica: int = Field(
-        2, ge=1, description="Batches sent to one replica before waiting; 2 keeps it busy between batches."
+        1, ge=1, description="Batches sent to one replica at a time; more overlaps transfer with compute."
     )
     endpoints: tuple[str, ...] = Field(
         (), description="Existing v2 gRPC servers (host:port or unix:path); no local processes then."
     )
     start_timeout_s: float = Field(120.0, gt=0, description="How long a replica may take to become ready.")
     transport: Literal["unix", "tcp"] = Field("unix", description="How local workers listen.")
+    local_fast_path: bool = Field(
+        True, description="Send batches to local unix-socket workers over framed protobuf instead of gRPC."
+    )
 
 
 class HTTPConfig(_Frozen):

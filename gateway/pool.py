@@ -1,8 +1,10 @@
-"""Pool client: the gateway's view of one pool of worker replicas speaking v2 gRPC.
+"""Pool client: the gateway's view of one pool of worker replicas.
 
 Picks the replica with the fewest outstanding batches (power of two random choices
 when the pool is large), hands out at most ``inflight_per_replica`` slots per replica,
-and tracks which replicas are ready through a guarded health-check task.
+and tracks which replicas are ready through a guarded health-check task. Batches go
+over the framed local transport to workers on this machine and over v2 gRPC to any
+other v2 server; health and metadata always use gRPC.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import grpc
 import grpc.aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.errors import BatchgateError, InvalidInput, NotFound, Unavailable, WorkerError
+from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
+from gateway.local_transport import LocalConnection
 from gateway.tasks import spawn
 from gateway.types import Array, Signature
+from workers import framing
 from workers.runtime import TensorSpec
+from workers.servicer import COMPUTE_NS
 from workers.v2grpc import array_from_raw, array_to_raw, datatype_of
 
 log = logging.getLogger("batchgate.pool")
@@ -31,30 +36,19 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+Outputs = dict[str, Array]
+# done(outputs, worker_busy_seconds, error): exactly one of outputs / error is set.
+Done = Callable[[Outputs | None, float | None, BatchgateError | None], None]
 
 
-class Replica:
-    """One worker endpoint and its gateway-side bookkeeping."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.outstanding = 0
-        self.ready = False
-        self.draining = False
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def __repr__(self) -> str:
-        return f"Replica({self.address}, outstanding={self.outstanding}, ready={self.ready})"
-
-
-def _error_from_rpc(exc: grpc.aio.AioRpcError, replica: Replica) -> BatchgateError:
-    code = exc.code()
-    detail = exc.details() or code.name
+def error_for(code: grpc.StatusCode, detail: str, address: str) -> BatchgateError:
+    """The batchgate error for a worker's gRPC status."""
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-        return Unavailable(f"worker {replica.address} unavailable: {detail}")
+        return Unavailable(f"worker {address} unavailable: {detail}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"worker {address}: {detail}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -62,23 +56,80 @@ def _error_from_rpc(exc: grpc.aio.AioRpcError, replica: Replica) -> BatchgateErr
     return WorkerError(detail)
 
 
+class Replica:
+    """One worker endpoint and its gateway-side bookkeeping.
+
+    ``local_path`` names the worker's framed unix socket when it runs on this machine.
+    """
+
+    def __init__(self, address: str, local_path: str | None = None) -> None:
+        self.address = address
+        self.local_path = local_path
+        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.outstanding = 0
+        self.ready = False
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.connections: list[LocalConnection] = []
+
+    def __repr__(self) -> str:
+        return f"Replica({self.address}, outstanding={self.outstanding}, ready={self.ready})"
+
+    def _connection_idle(self, connection: LocalConnection) -> None:
+        self.connections.append(connection)
+
+    async def connect_local(self) -> LocalConnection:
+        assert self.local_path is not None
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.create_unix_connection(
+                lambda: LocalConnection(self.address, self._connection_idle), self.local_path
+            )
+        except OSError as exc:
+            raise Unavailable(f"worker {self.address} unavailable: {exc}") from None
+        return protocol
+
+    def close_local(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.connections.clear()
+
+
+def _request(model: str, version: str, feeds: dict[str, Array]) -> Any:
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    for name, array in feeds.items():
+        request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        request.raw_input_contents.append(array_to_raw(array))
+    return request
+
+
+def _outputs(response: Any) -> tuple[Outputs, float | None]:
+    outputs: Outputs = {}
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        outputs[tensor.name] = array_from_raw(tensor.datatype, tensor.shape, raw)
+    compute = response.parameters.get(COMPUTE_NS)
+    return outputs, (compute.int64_param / 1e9 if compute is not None else None)
+
+
 class PoolClient:
     """Replica choice, slot accounting and readiness for one pool."""
 
-    def __init__(self, name: str, inflight_per_replica: int = 2, health_interval_s: float = 0.5) -> None:
+    def __init__(self, name: str, inflight_per_replica: int = 1, health_interval_s: float = 0.5) -> None:
         self.name = name
         self.inflight_per_replica = inflight_per_replica
         self.health_interval_s = health_interval_s
         self.replicas: dict[str, Replica] = {}
-        self._waiters: deque[asyncio.Future[Replica]] = deque()
+        self._slot_listeners: deque[Callable[[], None]] = deque()
         self._ready_listeners: list[Callable[[], None]] = []
         self._health_task: asyncio.Task[None] | None = None
 
     # -- membership -------------------------------------------------------------------
-    def add(self, address: str) -> Replica:
+    def add(self, address: str, local_path: str | None = None) -> Replica:
         replica = self.replicas.get(address)
         if replica is None:
-            replica = self.replicas[address] = Replica(address)
+            replica = self.replicas[address] = Replica(address, local_path)
         return replica
 
     async def remove(self, address: str) -> None:
@@ -89,6 +140,7 @@ class PoolClient:
         replica.draining = True
         await replica.idle.wait()
         self.replicas.pop(address, None)
+        replica.close_local()
         await replica.channel.close()
 
     def on_ready_change(self, callback: Callable[[], None]) -> None:
@@ -101,86 +153,100 @@ class PoolClient:
         if replica.ready == ready:
             return
         replica.ready = ready
+        if not ready:
+            replica.close_local()
         log.info("pool %s: replica %s %s", self.name, replica.address, "ready" if ready else "not ready")
         for callback in self._ready_listeners:
             callback()
-        self._wake()
+        self._notify_free()
 
     # -- slots --------------------------------------------------------------------------
     def _candidates(self) -> list[Replica]:
         limit = self.inflight_per_replica
         return [r for r in self.replicas.values() if r.ready and not r.draining and r.outstanding < limit]
 
-    def _pick(self) -> Replica | None:
-        candidates = self._candidates()
+    def has_idle_slot(self) -> bool:
+        return bool(self._candidates())
+
+    def try_acquire(self, exclude: Replica | None = None) -> Replica | None:
+        """A replica slot now, or None; the caller must :meth:`release` it."""
+        candidates = [r for r in self._candidates() if r is not exclude]
         if not candidates:
             return None
         if len(candidates) > 4:
             first, second = random.sample(candidates, 2)
-            return first if first.outstanding <= second.outstanding else second
-        return min(candidates, key=lambda r: r.outstanding)
-
-    def has_idle_slot(self) -> bool:
-        return bool(self._candidates())
-
-    def try_acquire(self) -> Replica | None:
-        replica = self._pick()
-        if replica is not None:
-            replica.outstanding += 1
-            replica.idle.clear()
+            replica = first if first.outstanding <= second.outstanding else second
+        else:
+            replica = min(candidates, key=lambda r: r.outstanding)
+        replica.outstanding += 1
+        replica.idle.clear()
         return replica
 
-    async def acquire(self) -> Replica:
-        """A replica slot; waits (FIFO with other waiters) until one is free and ready."""
-        if not self._waiters:
-            replica = self.try_acquire()
-            if replica is not None:
-                return replica
-        future: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(future.result())
-            raise
+    def notify_when_free(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when a slot may have become free."""
+        if callback not in self._slot_listeners:
+            self._slot_listeners.append(callback)
 
     def release(self, replica: Replica) -> None:
         replica.outstanding -= 1
         if not replica.outstanding:
             replica.idle.set()
-        self._wake()
+        self._notify_free()
 
-    def _wake(self) -> None:
-        while self._waiters:
-            if self._waiters[0].done():
-                self._waiters.popleft()
-                continue
-            replica = self.try_acquire()
-            if replica is None:
-                return
-            self._waiters.popleft().set_result(replica)
+    def _notify_free(self) -> None:
+        while self._slot_listeners and self.has_idle_slot():
+            self._slot_listeners.popleft()()
 
-    # -- calls ----------------------------------------------------------------------------
-    async def infer(
-        self, replica: Replica, model: str, version: str, feeds: dict[str, Array], timeout_s: float
-    ) -> dict[str, Array]:
-        """Run one batch on ``replica``; outputs are views over the response bytes."""
-        request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-        for name, array in feeds.items():
-            request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            request.raw_input_contents.append(array_to_raw(array))
+    # -- batches ------------------------------------------------------------------------
+    def send(
+        self, replica: Replica, model: str, version: str, feeds: dict[str, Array], timeout_s: float, done: Done
+    ) -> None:
+        """Start one batch on ``replica``; ``done`` is called exactly once, possibly before this returns."""
+        request = _request(model, version, feeds)
+        if replica.local_path is not None and replica.connections:
+            connection = replica.connections.pop()
+            connection.request(request.SerializeToString(), timeout_s, self._local_reply(replica, done))
+            return
+        spawn(self._send_async(replica, request, timeout_s, done), name=f"batch-{model}")
+
+    def _local_reply(self, replica: Replica, done: Done) -> Callable[[int, bytes | None, BatchgateError | None], None]:
+        def reply(kind: int, body: bytes | None, error: BatchgateError | None) -> None:
+            if error is not None:
+                if isinstance(error, Unavailable):
+                    self.set_ready(replica, False)
+                done(None, None, error)
+            elif kind == framing.RESPONSE and body is not None:
+                outputs, busy = _outputs(service_pb2.ModelInferResponse.FromString(body))
+                done(outputs, busy, None)
+            else:
+                code, message = framing.parse_error(body or b"\x02")
+                done(None, None, error_for(_CODES.get(code, grpc.StatusCode.UNKNOWN), message, replica.address))
+
+        return reply
+
+    async def _send_async(self, replica: Replica, request: Any, timeout_s: float, done: Done) -> None:
         try:
+            if replica.local_path is not None:
+                connection = await replica.connect_local()
+                connection.request(request.SerializeToString(), timeout_s, self._local_reply(replica, done))
+                return
             response = await replica.stub.ModelInfer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            error = _error_from_rpc(exc, replica)
+            error = error_for(exc.code(), exc.details() or exc.code().name, replica.address)
             if isinstance(error, Unavailable):
                 self.set_ready(replica, False)
-            raise error from None
-        outputs: dict[str, Array] = {}
-        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
-            outputs[tensor.name] = array_from_raw(tensor.datatype, tensor.shape, raw)
-        return outputs
+            done(None, None, error)
+            return
+        except Unavailable as exc:
+            self.set_ready(replica, False)
+            done(None, None, exc)
+            return
+        except Exception as exc:  # done() must be called whatever happens, or the batch hangs
+            log.exception("batch to %s failed unexpectedly", replica.address)
+            done(None, None, WorkerError(f"batch failed: {exc!r}"))
+            return
+        outputs, busy = _outputs(response)
+        done(outputs, busy, None)
 
     async def signature(self, model: str, version: str) -> Signature:
         """Model inputs and outputs as a ready replica reports them."""
@@ -192,7 +258,7 @@ class PoolClient:
                 service_pb2.ModelMetadataRequest(name=model, version=version), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            raise _error_from_rpc(exc, replica) from None
+            raise error_for(exc.code(), exc.details() or exc.code().name, replica.address) from None
 
         def specs(items: Iterable[Any]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
@@ -203,9 +269,18 @@ class PoolClient:
     async def probe(self, replica: Replica) -> None:
         try:
             response = await replica.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2)
-            self.set_ready(replica, bool(response.ready))
+            ready = bool(response.ready)
         except grpc.aio.AioRpcError:
-            self.set_ready(replica, False)
+            ready = False
+        if ready and replica.local_path is not None and not replica.connections and not replica.ready:
+            # Open the fast-path connections before the replica takes batches.
+            try:
+                for _ in range(self.inflight_per_replica):
+                    replica.connections.append(await replica.connect_local())
+            except Unavailable:
+                replica.close_local()
+                ready = False
+        self.set_ready(replica, ready)
 
     async def _health_loop(self) -> None:
         while True:
@@ -221,9 +296,8 @@ class PoolClient:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(Unavailable(f"pool {self.name} is shutting down"))
+        self._slot_listeners.clear()
         for replica in list(self.replicas.values()):
+            replica.close_local()
             await replica.channel.close()
         self.replicas.clear()

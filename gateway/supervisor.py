@@ -52,9 +52,10 @@ def auto_threads(replicas: int) -> int:
 class WorkerProcess:
     """One supervised worker slot: a fixed address and the process currently behind it."""
 
-    def __init__(self, index: int, address: str) -> None:
+    def __init__(self, index: int, address: str, local_path: str | None) -> None:
         self.index = index
         self.address = address
+        self.local_path = local_path
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.task: asyncio.Task[None] | None = None
@@ -82,12 +83,14 @@ class LocalSupervisor:
         self._stopping = False
         self._next_index = 0
 
-    def command(self, address: str) -> list[str]:
+    def command(self, address: str, local_path: str | None = None) -> list[str]:
         threads = self.config.threads or auto_threads(self.config.replicas)
         argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         for model in self.models:
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
+        if local_path is not None:
+            argv += ["--listen-local", local_path]
         return argv
 
     def _address(self, index: int) -> str:
@@ -103,7 +106,10 @@ class LocalSupervisor:
     def add_worker(self) -> WorkerProcess:
         index = self._next_index
         self._next_index += 1
-        worker = WorkerProcess(index, self._address(index))
+        local_path = None
+        if self.config.transport == "unix" and self.config.local_fast_path:
+            local_path = str(self.runtime_dir / f"{self.pool.name}-{index}.fast.sock")
+        worker = WorkerProcess(index, self._address(index), local_path)
         self.workers[index] = worker
         worker.task = spawn(self._run(worker), name=f"worker-{self.pool.name}-{index}")
         return worker
@@ -112,9 +118,9 @@ class LocalSupervisor:
         backoff = BACKOFF_START_S
         while not self._stopping:
             worker.process = await asyncio.create_subprocess_exec(
-                *self.command(worker.address), preexec_fn=_die_with_parent
+                *self.command(worker.address, worker.local_path), preexec_fn=_die_with_parent
             )
-            self.pool.add(worker.address)
+            self.pool.add(worker.address, worker.local_path)
             log.info(
                 "pool %s: started worker %d (pid %d) on %s",
                 self.pool.name,

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
 from workers.servicer import WorkerServicer
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model file to serve (repeatable)",
     )
     parser.add_argument("--model-repository", type=Path, help="serve the latest version of every model here")
+    parser.add_argument(
+        "--listen-local", type=Path, help="also serve the framed local fast path on this unix socket path"
+    )
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", default="auto", help="comma-separated execution providers")
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
@@ -104,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s", args.listen)
         return 1
     server.start()
+    local = None
+    if args.listen_local is not None:
+        local = LocalServer(args.listen_local, servicer)
+        local.start()
     log.info("serving %d model(s) on %s", len(models), args.listen)
 
     stop = threading.Event()
@@ -117,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     stop.wait()
     server.stop(args.drain_timeout).wait()
+    if local is not None:
+        local.close()
     log.info("stopped")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -13,6 +14,17 @@ from workers.runtime import LoadedModel
 from workers.v2grpc import array_from_contents, array_from_raw, array_to_raw, datatype_of
 
 log = logging.getLogger("batchgate.worker")
+
+COMPUTE_NS = "batchgate_compute_ns"
+
+
+class InferFailure(Exception):
+    """A request the worker cannot answer, with the gRPC status code that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _text(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -36,11 +48,41 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         self._server_name = server_name
         self.ready = True
 
-    def _find(self, name: str, version: str, context: grpc.ServicerContext) -> LoadedModel:
+    def find(self, name: str, version: str) -> LoadedModel:
         model = self._models.get((name, version)) if version else self._latest.get(name)
         if model is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or '(latest)'} is not loaded")
-        return model  # type: ignore[return-value]
+            wanted = version or "(latest)"
+            raise InferFailure(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {wanted} is not loaded")
+        return model
+
+    def infer(self, request: Any) -> Any:
+        """Run one ModelInferRequest; transport-free, raises :class:`InferFailure`."""
+        model = self.find(request.model_name, request.model_version)
+        raw = request.raw_input_contents
+        feeds = {}
+        try:
+            for index, tensor in enumerate(request.inputs):
+                if raw:
+                    array = array_from_raw(tensor.datatype, tensor.shape, raw[index])
+                else:
+                    array = array_from_contents(tensor.datatype, tensor.shape, tensor.contents)
+                feeds[tensor.name] = _text(array) if tensor.datatype == "BYTES" else array
+        except (ValueError, IndexError) as exc:
+            raise InferFailure(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}") from None
+        names = [output.name for output in request.outputs]
+        started = time.perf_counter_ns()
+        try:
+            results = model.run(feeds, names)
+        except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
+            log.warning("model %s:%s failed: %s", model.name, model.version, exc)
+            raise InferFailure(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}") from None
+        response = service_pb2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        # The gateway fits its batch-closing rule to the time the worker is really busy.
+        response.parameters[COMPUTE_NS].int64_param = time.perf_counter_ns() - started
+        for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
+            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            response.raw_output_contents.append(array_to_raw(array))
+        return response
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
@@ -56,7 +98,10 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         return service_pb2.ServerMetadataResponse(name=self._server_name, version="0.1.0", extensions=[])
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        model = self._find(request.name, request.version, context)
+        try:
+            model = self.find(request.name, request.version)
+        except InferFailure as failure:
+            context.abort(failure.code, failure.message)
         versions = sorted((v for (n, v) in self._models if n == model.name), key=int)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
@@ -68,26 +113,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         )
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        model = self._find(request.model_name, request.model_version, context)
-        raw = request.raw_input_contents
-        feeds = {}
         try:
-            for index, tensor in enumerate(request.inputs):
-                if raw:
-                    array = array_from_raw(tensor.datatype, tensor.shape, raw[index])
-                else:
-                    array = array_from_contents(tensor.datatype, tensor.shape, tensor.contents)
-                feeds[tensor.name] = _text(array) if tensor.datatype == "BYTES" else array
-        except (ValueError, IndexError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}")
-        names = [output.name for output in request.outputs]
-        try:
-            results = model.run(feeds, names)
-        except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
-            log.warning("model %s:%s failed: %s", model.name, model.version, exc)
-            context.abort(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}")
-        response = service_pb2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
-            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            response.raw_output_contents.append(array_to_raw(array))
-        return response
+            return self.infer(request)
+        except InferFailure as failure:
+            context.abort(failure.code, failure.message)

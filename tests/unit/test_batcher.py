@@ -19,9 +19,14 @@ def _checked(rows: int = 1) -> CheckedRequest:
     return CheckedRequest({"x": np.zeros((rows, 4), np.float32)}, rows, ((4,),), ("y",))
 
 
-def _batcher(clock: FakeClock, **batching: object) -> ModelBatcher:
+def _batcher(clock: FakeClock, fixed_s: float = 0.0, **batching: object) -> ModelBatcher:
+    """A batcher whose workers (per the fitted model) spend ``fixed_s`` + 1 ms/row per batch."""
     config = BatchingConfig(**batching)  # type: ignore[arg-type]
-    return ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
+    batcher = ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
+    if fixed_s:
+        for rows in (1, 8, 1, 8):
+            batcher.occupancy.observe(rows, fixed_s + 0.001 * rows)
+    return batcher
 
 
 def test_lone_request_closes_at_once_even_with_a_long_delay() -> None:
@@ -34,10 +39,25 @@ def test_lone_request_closes_at_once_even_with_a_long_delay() -> None:
     asyncio.run(scenario())
 
 
-def test_waits_while_requests_keep_joining_then_closes_at_the_delay() -> None:
+def test_cheap_batches_close_at_once_even_under_traffic() -> None:
+    """CPU-like model: rows arriving during the per-batch overhead are fewer than those queued."""
+
     async def scenario() -> None:
         clock = FakeClock()
-        batcher = _batcher(clock, max_queue_delay_us=10_000, max_batch_size=32)
+        batcher = _batcher(clock, fixed_s=0.0002, max_queue_delay_us=10_000, max_batch_size=32)
+        head = batcher.submit(_checked(), deadline=clock.now() + 1)
+        for _ in range(5):
+            clock.advance(0.001)
+            batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_costly_batches_wait_while_requests_keep_joining_then_close_at_the_delay() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, fixed_s=0.010, max_queue_delay_us=10_000, max_batch_size=32)
         head = batcher.submit(_checked(), deadline=clock.now() + 1)
         for _ in range(5):
             clock.advance(0.001)
@@ -53,7 +73,7 @@ def test_waits_while_requests_keep_joining_then_closes_at_the_delay() -> None:
 def test_full_or_preferred_size_closes_at_once() -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        batcher = _batcher(clock, max_queue_delay_us=10_000, max_batch_size=32, preferred_batch_sizes=[4])
+        batcher = _batcher(clock, fixed_s=0.05, max_queue_delay_us=10_000, max_batch_size=32, preferred_batch_sizes=[4])
         head = batcher.submit(_checked(1), deadline=clock.now() + 1)
         for _ in range(2):
             clock.advance(0.0001)
@@ -68,7 +88,7 @@ def test_full_or_preferred_size_closes_at_once() -> None:
 def test_earliest_deadline_closes_the_batch_early() -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        batcher = _batcher(clock, max_queue_delay_us=50_000, max_batch_size=8)
+        batcher = _batcher(clock, fixed_s=0.05, max_queue_delay_us=50_000, max_batch_size=8)
         for _ in range(10):
             batcher.latency.observe(8, 0.020)
         head = batcher.submit(_checked(), deadline=clock.now() + 0.030)
