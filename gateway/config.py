@@ -35,7 +35,7 @@ class BatchingConfig(_Frozen):
 
     max_batch_size: int = Field(32, ge=0, description="Most rows in one batch; 0 = no batch dimension.")
     max_queue_delay_us: int = Field(
-        2000, ge=0, description="Longest a request waits for companions when no replica is idle."
+        2000, ge=0, description="Longest a request may wait for more rows to join its batch."
     )
     preferred_batch_sizes: tuple[int, ...] = Field(
         (), description="Row counts worth closing a batch at before max_batch_size."
@@ -86,15 +86,23 @@ class VersionPolicy(_Frozen):
 class ModelConfig(_Frozen):
     """Per-model settings from ``models/<name>/config.yaml``; all optional."""
 
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
     timeout_ms: float = Field(1000.0, gt=0, description="Deadline when the client sends none.")
-    fallback: FallbackConfig | None = None
+    fallback: FallbackConfig | None = Field(None, description="Model that answers when this one cannot.")
     pool: str = Field("default", description="Worker pool that serves this model.")
-    slo: SLOConfig = Field(default_factory=SLOConfig)
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    slo: SLOConfig = Field(default_factory=SLOConfig, description="Latency objective.")
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions are served.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form facts about the model (accuracy, data)."
     )
+
+
+class FaultConfig(_Frozen):
+    """Fault injection for tests and chaos runs; off by default. Never enable in production."""
+
+    delay_ms: float = Field(0.0, ge=0, description="Extra latency added to every batch a worker computes.")
+    error_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of batches a worker fails with an error.")
+    seed: int = Field(0, description="Seed of the workers' fault random generator.")
 
 
 class PoolConfig(_Frozen):
@@ -112,8 +120,8 @@ class PoolConfig(_Frozen):
     endpoints: tuple[str, ...] = Field(
         (), description="Existing v2 gRPC servers (host:port or unix:path); no local processes then."
     )
-    start_timeout_s: float = Field(120.0, gt=0, description="How long a replica may take to become ready.")
     transport: Literal["unix", "tcp"] = Field("unix", description="How local workers listen.")
+    fault: FaultConfig = Field(default_factory=FaultConfig, description="Fault injection (tests, chaos).")
     local_fast_path: bool = Field(
         True, description="Send batches to local unix-socket workers over framed protobuf instead of gRPC."
     )
@@ -122,8 +130,8 @@ class PoolConfig(_Frozen):
 class HTTPConfig(_Frozen):
     """The HTTP (REST) listener."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 to accept remote clients.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = any free port).")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
 
 
@@ -131,10 +139,12 @@ class ServerConfig(_Frozen):
     """Top-level ``batchgate.yaml``."""
 
     model_repository: Path = Field(Path("models"), description="Folder with one sub-folder per model.")
-    http: HTTPConfig = Field(default_factory=HTTPConfig)
-    pools: dict[str, PoolConfig] = Field(default_factory=lambda: {"default": PoolConfig()})
+    http: HTTPConfig = Field(default_factory=HTTPConfig, description="The HTTP listener.")
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=lambda: {"default": PoolConfig()}, description="Worker pools by name; models pick one."
+    )
     drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
 
 
 def format_validation_error(source: str, error: ValidationError) -> str:
@@ -215,3 +225,35 @@ def load_model_config(path: Path) -> ModelConfig:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc)) from None
+
+
+def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if nested is None and name == "fallback":
+            nested = FallbackConfig
+        if nested is None and name == "pools":
+            rows.append(f"| `{prefix}pools` | `{{default: {{}}}}` | {field.description} |")
+            rows.extend(_reference_rows(PoolConfig, f"{prefix}pools.<name>."))
+            continue
+        if nested is not None:
+            rows.extend(_reference_rows(nested, f"{prefix}{name}."))
+            continue
+        default = "" if field.is_required() else field.get_default(call_default_factory=True)
+        shown = list(default) if isinstance(default, tuple) else default
+        rows.append(f"| `{prefix}{name}` | `{shown}` | {field.description} |")
+    return rows
+
+
+def reference() -> str:
+    """Markdown tables of every setting with its default and meaning (the README embeds this)."""
+    header = ["| setting | default | meaning |", "|---|---|---|"]
+    server = "\n".join(["#### `batchgate.yaml`", "", *header, *_reference_rows(ServerConfig, "")])
+    model = "\n".join(["#### `models/<name>/config.yaml`", "", *header, *_reference_rows(ModelConfig, "")])
+    return f"{server}\n\n{model}\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -91,6 +91,10 @@ class LocalSupervisor:
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
         if local_path is not None:
             argv += ["--listen-local", local_path]
+        fault = self.config.fault
+        if fault.delay_ms or fault.error_ratio:
+            argv += ["--fault-delay-ms", str(fault.delay_ms), "--fault-error-ratio", str(fault.error_ratio)]
+            argv += ["--fault-seed", str(fault.seed)]
         return argv
 
     def _address(self, index: int) -> str:

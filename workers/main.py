@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
-from workers.servicer import WorkerServicer
+from workers.servicer import Faults, WorkerServicer
 
 log = logging.getLogger("batchgate.worker")
 
@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="info")
+    faults = parser.add_argument_group("fault injection (tests and chaos runs only)")
+    faults.add_argument("--fault-delay-ms", type=float, default=0.0, help="add this latency to every batch")
+    faults.add_argument("--fault-error-ratio", type=float, default=0.0, help="fail this fraction of batches")
+    faults.add_argument("--fault-seed", type=int, default=0)
     return parser
 
 
@@ -94,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("cannot load %s:%s from %s: %s", name, version, path, exc)
             return 1
 
-    servicer = WorkerServicer(models)
+    servicer = WorkerServicer(
+        models, faults=Faults(args.fault_delay_ms / 1000, args.fault_error_ratio, args.fault_seed)
+    )
+    if servicer.faults.active:
+        log.warning(
+            "fault injection on: +%.1f ms per batch, %.0f%% of batches fail",
+            args.fault_delay_ms,
+            args.fault_error_ratio * 100,
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.rpc_threads, thread_name_prefix="rpc"),
         options=[

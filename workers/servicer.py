@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
@@ -16,6 +17,22 @@ from workers.v2grpc import array_from_contents, array_from_raw, array_to_raw, da
 log = logging.getLogger("batchgate.worker")
 
 COMPUTE_NS = "batchgate_compute_ns"
+
+
+class Faults:
+    """Injected latency and failures, for tests and chaos runs (off unless asked for)."""
+
+    def __init__(self, delay_s: float = 0.0, error_ratio: float = 0.0, seed: int = 0) -> None:
+        self.delay_s = delay_s
+        self.error_ratio = error_ratio
+        self._random = random.Random(seed)
+        self.active = bool(delay_s or error_ratio)
+
+    def apply(self) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.error_ratio and self._random.random() < self.error_ratio:
+            raise InferFailure(grpc.StatusCode.INTERNAL, "injected fault: batch failed")
 
 
 class InferFailure(Exception):
@@ -40,8 +57,14 @@ def _text(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Serves ModelInfer and the health and metadata RPCs for the models of one worker."""
 
-    def __init__(self, models: dict[tuple[str, str], LoadedModel], server_name: str = "batchgate-worker") -> None:
+    def __init__(
+        self,
+        models: dict[tuple[str, str], LoadedModel],
+        server_name: str = "batchgate-worker",
+        faults: Faults | None = None,
+    ) -> None:
         self._models = models
+        self.faults = faults or Faults()
         self._latest: dict[str, LoadedModel] = {}
         for (name, _version), model in sorted(models.items(), key=lambda item: int(item[0][1])):
             self._latest[name] = model
@@ -71,6 +94,8 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
             raise InferFailure(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}") from None
         names = [output.name for output in request.outputs]
         started = time.perf_counter_ns()
+        if self.faults.active:
+            self.faults.apply()
         try:
             results = model.run(feeds, names)
         except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,47 @@ def test_missing_repository_says_how_to_build_one(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "batchgate models demo" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def slow_worker_gateway(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[GatewayProcess]:
+    """One worker that takes 400 ms per batch (fault injection), one batch at a time."""
+    root = tmp_path_factory.mktemp("slow") / "models"
+    write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), {})
+    config = {"pools": {"default": {"replicas": 1, "fault": {"delay_ms": 400}}}}
+    process = GatewayProcess(root, tmp_path_factory.mktemp("logs") / "slow.log", config=config, replicas=1)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_disconnected_client_leaves_the_queue_without_costing_compute(slow_worker_gateway: GatewayProcess) -> None:
+    gateway = slow_worker_gateway
+    labels = {"model": "digits_mlp"}
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]})
+    request = (
+        f"POST /v2/models/digits_mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    rows_before = gateway.metric("batchgate_batch_size_sum", labels)
+
+    first = socket.create_connection(("127.0.0.1", gateway.port))
+    first.sendall(request)  # occupies the only worker for 400 ms
+    _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == rows_before + 1)
+    second = socket.create_connection(("127.0.0.1", gateway.port))
+    second.sendall(request)  # waits in the queue behind the first
+    _wait_for(lambda: gateway.metric("batchgate_queue_depth", labels) == 1)
+    second.close()
+    _wait_for(lambda: gateway.metric("batchgate_queue_depth", labels) == 0)
+    assert first.recv(4096).startswith(b"HTTP/1.1 200")
+    first.close()
+    _wait_for(lambda: gateway.metric("batchgate_requests_total", {**labels, "code": "499"}) == 1)
+    assert gateway.metric("batchgate_batch_size_sum", labels) == rows_before + 1
