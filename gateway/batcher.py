@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from gateway.latency_model import LatencyModel
 from gateway.metrics import Metrics
 from gateway.pool import Outputs, PoolClient, Replica
 from gateway.request_queue import QUEUED, Pending, QueueFull, RequestQueue
+from gateway.stats import ModelStats
 from gateway.types import Array
 from gateway.validation import CheckedRequest
 
@@ -66,6 +68,7 @@ class ModelBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         labels = (model, version)
+        self.stats = ModelStats(model, version)
         self._m_batch = metrics.batch_size.labels(*labels)
         self._m_queue = metrics.queue_duration.labels(*labels)
         self._m_compute = metrics.compute_duration.labels(*labels)
@@ -212,10 +215,11 @@ class ModelBatcher:
                 rows = sum(p.rows for p in batch)
                 for pending in batch:
                     self._m_queue.observe(now - pending.enqueued)
+                    self.stats.queued(int((now - pending.enqueued) * 1e9))
                 self._m_batch.observe(rows)
                 self._inflight_batches += 1
                 self._idle.clear()
-                self._launch(replica, batch, rows, self._concat(batch), attempt=1)
+                self._launch(replica, batch, rows, None, attempt=1)
             self._m_depth.set(len(self.queue))
         finally:
             self._pumping = False
@@ -239,14 +243,20 @@ class ModelBatcher:
             return batch[0].feeds
         return {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
 
-    def _launch(self, replica: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array], attempt: int) -> None:
+    def _launch(
+        self, replica: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array] | None, attempt: int
+    ) -> None:
         timeout = max(max(p.deadline for p in batch) - self.clock.now(), 0.001)
-        started = self.clock.now()
+        prepared_at = time.perf_counter_ns()
+        sent_at = [prepared_at]  # set once the request is on its way (done may run inside send)
+        if feeds is None:
+            feeds = self._concat(batch)
 
         def done(outputs: Outputs | None, busy: float | None, error: BatchgateError | None) -> None:
             self.pool.release(replica)
+            answered_at = time.perf_counter_ns()
             if outputs is not None:
-                elapsed = self.clock.now() - started
+                elapsed = (answered_at - sent_at[0]) / 1e9
                 self.latency.observe(rows, elapsed)
                 self.occupancy.observe(rows, elapsed if busy is None else busy)
                 self._m_compute.observe(elapsed)
@@ -255,6 +265,13 @@ class ModelBatcher:
             self._finish_batch()
             if outputs is not None:
                 self._split(outputs, batch, rows)
+                self.stats.batch_done(
+                    rows,
+                    len(batch),
+                    sent_at[0] - prepared_at,
+                    answered_at - sent_at[0],
+                    time.perf_counter_ns() - answered_at,
+                )
             else:
                 failure = error or WorkerError("batch failed")
                 for pending in batch:
@@ -262,6 +279,7 @@ class ModelBatcher:
 
         try:
             self.pool.send(replica, self.model, self.version, feeds, timeout, done)
+            sent_at[0] = time.perf_counter_ns()
         except Exception as exc:  # a surprise while encoding must fail this batch, not the gateway
             log.exception("batch for %s could not be sent", self.model)
             done(None, None, WorkerError(f"batch could not be sent: {exc!r}"))

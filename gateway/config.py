@@ -114,6 +114,7 @@ class PoolConfig(_Frozen):
         ("auto",),
         description="Execution providers in order; 'auto' = CUDA when present, then CPU.",
     )
+    spin: bool = Field(False, description="Let ONNX Runtime threads spin-wait between runs (burns idle CPU).")
     inflight_per_replica: int = Field(
         1, ge=1, description="Batches sent to one replica at a time; more overlaps transfer with compute."
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ModelConfig
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import BatchgateError, NotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.request_queue import Pending
@@ -45,7 +46,7 @@ class Ticket:
     served: ServedModel
     pending: Pending
     output_names: tuple[str, ...]
-    admitted_at: float
+    admitted_ns: int
 
 
 class Router:
@@ -83,7 +84,12 @@ class Router:
         served = self.resolve(request.model, request.version)
         if served.signature is None or not served.pool.ready_count():
             raise Unavailable(f"model '{served.name}' version {served.version} is not ready")
-        checked = check_request(request, served.signature, served.config.batching.max_batch_size)
+        admitted_ns = time.perf_counter_ns()
+        try:
+            checked = check_request(request, served.signature, served.config.batching.max_batch_size)
+        except BatchgateError:
+            served.batcher.stats.request_done(False, time.perf_counter_ns() - admitted_ns)
+            raise
         now = self.clock.now()
         if request.timeout_us is not None:
             budget = request.timeout_us / 1e6
@@ -91,13 +97,22 @@ class Router:
             budget = timeout_ms / 1000
         else:
             budget = served.config.timeout_ms / 1000
-        pending = served.batcher.submit(checked, now + budget, request.priority)
-        return Ticket(request, served, pending, checked.output_names, now)
+        try:
+            pending = served.batcher.submit(checked, now + budget, request.priority)
+        except BatchgateError:
+            served.batcher.stats.request_done(False, time.perf_counter_ns() - admitted_ns)
+            raise
+        return Ticket(request, served, pending, checked.output_names, admitted_ns)
 
     async def result(self, ticket: Ticket) -> InferResponse:
         """Wait for the ticket's outputs and shape the response."""
-        outputs = await ticket.pending.future
         served = ticket.served
+        try:
+            outputs = await ticket.pending.future
+        except BatchgateError:
+            served.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
+            raise
+        served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
         datatypes = served.datatypes
         tensors = [OutputTensor(name, datatypes[name], outputs[name]) for name in ticket.output_names]
         return InferResponse(

@@ -87,6 +87,8 @@ class LocalSupervisor:
         threads = self.config.threads or auto_threads(self.config.replicas)
         argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
+        if self.config.spin:
+            argv.append("--spin")
         for model in self.models:
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
         if local_path is not None:

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", default="auto", help="comma-separated execution providers")
+    parser.add_argument("--spin", action="store_true", help="let ONNX Runtime threads spin-wait between runs")
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="info")
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for name, version, path in specs:
         try:
-            models[(name, version)] = load_model(name, version, path, args.threads, providers)
+            models[(name, version)] = load_model(name, version, path, args.threads, providers, args.spin)
         except Exception as exc:  # ORT raises several types; any of them means this model cannot load
             log.error("cannot load %s:%s from %s: %s", name, version, path, exc)
             return 1

@@ -139,7 +139,9 @@ class LoadedModel:
                 return
 
 
-def load_model(name: str, version: str, path: Path, threads: int, providers: Sequence[str]) -> LoadedModel:
+def load_model(
+    name: str, version: str, path: Path, threads: int, providers: Sequence[str], spin: bool = False
+) -> LoadedModel:
     """Create and warm up the session for one model file."""
     import onnxruntime as ort
 
@@ -148,6 +150,8 @@ def load_model(name: str, version: str, path: Path, threads: int, providers: Seq
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads keep a core hot between runs; the gateway on the same machine needs it more.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     chosen = resolve_providers(providers, ort.get_available_providers())
     session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     model = LoadedModel(name, version, path, session)
