@@ -1,4 +1,4 @@
-"""Composition root: builds pools, supervisors, batchers, router and the HTTP app from config."""
+"""Composition root: builds pools, supervisors, batchers, router and the fronts from config."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc.aio
 from starlette.applications import Starlette
 
-from gateway.batcher import ModelBatcher
 from gateway.clock import Clock, MonotonicClock
 from gateway.config import ServerConfig
+from gateway.dataplane import DataPlane
+from gateway.grpc_api.servicer import GRPCFront, build_server
+from gateway.lifecycle import ModelManager
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
-from gateway.repository import ModelVersion, check_references, scan_repository
+from gateway.repository import check_references, scan_repository
 from gateway.rest.routes import RestAPI, build_app
-from gateway.router import Router, ServedModel
+from gateway.router import Router
 from gateway.supervisor import LocalSupervisor
 from gateway.tasks import spawn
 
@@ -33,30 +36,23 @@ class Gateway:
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
-        self.repository = scan_repository(config.model_repository)
-        check_references(self.repository, config.pools)
+        repository = scan_repository(config.model_repository)
+        check_references(repository, config.pools)
         self.metrics = Metrics()
         self.pools: dict[str, PoolClient] = {}
-        self.pool_models: dict[str, list[ModelVersion]] = {}
-        served: list[ServedModel] = []
-        for model in self.repository.values():
-            pool_name = model.config.pool
-            pool = self.pools.get(pool_name)
-            if pool is None:
-                pool = PoolClient(pool_name, config.pools[pool_name].inflight_per_replica)
-                self.pools[pool_name] = pool
-            self.pool_models.setdefault(pool_name, []).extend(model.versions)
+        self.router = Router(self.clock, self.metrics)
+        self.manager = ModelManager(config, self.pools, self.router, self.metrics, self.clock)
+        for model in repository.values():
             for version in model.versions:
-                batcher = ModelBatcher(
-                    model.name, version.version, model.config.batching, pool, self.clock, self.metrics
-                )
-                served.append(ServedModel(model.name, version.version, model.config, pool, batcher))
-        self.router = Router(served, self.clock, self.metrics)
+                self.manager.serve(model, version)
         self.supervisors: list[LocalSupervisor] = []
         self._runtime_dir: Path | None = None
         self._signature_lock = asyncio.Lock()
-        self.rest = RestAPI(self.router, self.metrics, config.http.max_body_bytes)
+        self.dataplane = DataPlane(self.router, self.manager)
+        self.rest = RestAPI(self.dataplane, self.metrics, config.http.max_body_bytes)
         self.app: Starlette = build_app(self.rest, lifespan=self._lifespan)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port: int | None = None
 
     def _on_ready_change(self, pool: PoolClient) -> None:
         self.metrics.replicas_ready.labels(pool.name).set(pool.ready_count())
@@ -82,7 +78,7 @@ class Gateway:
                 supervisor = LocalSupervisor(
                     pool,
                     pool_config,
-                    self.pool_models[name],
+                    functools.partial(self.manager.pool_models, name),
                     self.metrics,
                     self._runtime_dir,
                     self.config.log_level,
@@ -90,9 +86,16 @@ class Gateway:
                 self.supervisors.append(supervisor)
                 await supervisor.start()
             pool.start()
+        if self.config.grpc.enabled:
+            self.grpc_server, self.grpc_port = await build_server(
+                GRPCFront(self.dataplane, self.metrics), self.config.grpc, self.config.http.host
+            )
+            log.info("gRPC front listening on %s:%d", self.config.grpc.host or self.config.http.host, self.grpc_port)
 
     async def stop(self) -> None:
         await self.router.drain(self.config.drain_timeout_s)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1.0)
         for served in self.router.all_served():
             await served.batcher.stop()
         for supervisor in self.supervisors:

@@ -136,11 +136,23 @@ class HTTPConfig(_Frozen):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
 
 
+class GRPCConfig(_Frozen):
+    """The gRPC listener (inference.GRPCInferenceService, what tritonclient.grpc calls)."""
+
+    enabled: bool = Field(True, description="Serve gRPC next to HTTP.")
+    host: str | None = Field(None, description="Listen address; empty = the same as http.host.")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    max_message_bytes: int = Field(
+        512 * 1024 * 1024, ge=4 * 1024 * 1024, description="Largest gRPC message in either direction."
+    )
+
+
 class ServerConfig(_Frozen):
     """Top-level ``batchgate.yaml``."""
 
     model_repository: Path = Field(Path("models"), description="Folder with one sub-folder per model.")
     http: HTTPConfig = Field(default_factory=HTTPConfig, description="The HTTP listener.")
+    grpc: GRPCConfig = Field(default_factory=GRPCConfig, description="The gRPC listener.")
     pools: dict[str, PoolConfig] = Field(
         default_factory=lambda: {"default": PoolConfig()}, description="Worker pools by name; models pick one."
     )

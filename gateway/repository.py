@@ -38,27 +38,32 @@ def _versions(folder: Path) -> list[ModelVersion]:
     return sorted(found, key=lambda v: int(v.version))
 
 
+def scan_model(folder: Path) -> RepositoryModel:
+    """One model folder with the versions its policy selects."""
+    config = load_model_config(folder / "config.yaml")
+    available = _versions(folder)
+    policy = config.version_policy
+    if policy.specific:
+        wanted = {str(v) for v in policy.specific}
+        chosen = [v for v in available if v.version in wanted]
+        missing = wanted - {v.version for v in chosen}
+        if missing:
+            where = folder / "config.yaml"
+            raise ConfigError(f"{where}: version_policy.specific: versions {sorted(missing)} have no {MODEL_FILE}")
+    else:
+        chosen = available[-policy.latest :]
+    if not chosen:
+        raise ConfigError(f"{folder}: no version folder with a {MODEL_FILE} (expected {folder}/1/{MODEL_FILE})")
+    return RepositoryModel(folder.name, config, tuple(chosen))
+
+
 def scan_repository(root: Path) -> dict[str, RepositoryModel]:
     """Every model folder under ``root`` with the versions its policy selects."""
     if not root.is_dir():
         raise ConfigError(f"model_repository: {root} is not a directory (build one with: batchgate models demo {root})")
     models: dict[str, RepositoryModel] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config = load_model_config(folder / "config.yaml")
-        available = _versions(folder)
-        policy = config.version_policy
-        if policy.specific:
-            wanted = {str(v) for v in policy.specific}
-            chosen = [v for v in available if v.version in wanted]
-            missing = wanted - {v.version for v in chosen}
-            if missing:
-                where = folder / "config.yaml"
-                raise ConfigError(f"{where}: version_policy.specific: versions {sorted(missing)} have no {MODEL_FILE}")
-        else:
-            chosen = available[-policy.latest :]
-        if not chosen:
-            raise ConfigError(f"{folder}: no version folder with a {MODEL_FILE} (expected {folder}/1/{MODEL_FILE})")
-        models[folder.name] = RepositoryModel(folder.name, config, tuple(chosen))
+        models[folder.name] = scan_model(folder)
     if not models:
         raise ConfigError(f"model_repository: {root} holds no model folders")
     return models

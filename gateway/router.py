@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
@@ -30,6 +31,7 @@ class ServedModel:
     config: ModelConfig
     pool: PoolClient
     batcher: ModelBatcher
+    path: Path
     signature: Signature | None = None
     datatypes: dict[str, str] = field(default_factory=dict)
 
@@ -52,13 +54,25 @@ class Ticket:
 class Router:
     """Finds the served model for a request and runs it through that model's batcher."""
 
-    def __init__(self, models: Iterable[ServedModel], clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, clock: Clock, metrics: Metrics, models: Iterable[ServedModel] = ()) -> None:
         self.clock = clock
         self.metrics = metrics
         self.models: dict[str, dict[str, ServedModel]] = {}
         for served in models:
-            self.models.setdefault(served.name, {})[served.version] = served
+            self.add(served)
         self.accepting = True
+
+    def add(self, served: ServedModel) -> None:
+        """Route new requests to ``served`` (replacing an entry for the same version)."""
+        self.models.setdefault(served.name, {})[served.version] = served
+
+    def remove(self, name: str, version: str) -> ServedModel | None:
+        """Stop routing new requests to a version; requests already queued still finish."""
+        versions = self.models.get(name, {})
+        served = versions.pop(version, None)
+        if not versions:
+            self.models.pop(name, None)
+        return served
 
     def resolve(self, name: str, version: str = "") -> ServedModel:
         versions = self.models.get(name)

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.config import PoolConfig
@@ -68,14 +68,14 @@ class LocalSupervisor:
         self,
         pool: PoolClient,
         config: PoolConfig,
-        models: Sequence[ModelVersion],
+        models: Callable[[], Sequence[ModelVersion]],
         metrics: Metrics,
         runtime_dir: Path,
         log_level: str = "info",
     ) -> None:
         self.pool = pool
         self.config = config
-        self.models = list(models)
+        self.models = models
         self.metrics = metrics
         self.runtime_dir = runtime_dir
         self.log_level = log_level
@@ -89,7 +89,7 @@ class LocalSupervisor:
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         if self.config.spin:
             argv.append("--spin")
-        for model in self.models:
+        for model in self.models():
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
         if local_path is not None:
             argv += ["--listen-local", local_path]

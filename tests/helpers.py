@@ -84,6 +84,7 @@ class GatewayProcess:
         self, repository: Path, log_path: Path, config: dict[str, Any] | None = None, replicas: int = 2
     ) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.repository = repository
         self.log_path = log_path
         self.config_path: Path | None = None
@@ -96,6 +97,8 @@ class GatewayProcess:
             str(repository),
             "--http-port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
             "--replicas",
             str(replicas),
         ]
@@ -110,6 +113,10 @@ class GatewayProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:

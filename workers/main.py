@@ -100,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     servicer = WorkerServicer(
-        models, faults=Faults(args.fault_delay_ms / 1000, args.fault_error_ratio, args.fault_seed)
+        models,
+        faults=Faults(args.fault_delay_ms / 1000, args.fault_error_ratio, args.fault_seed),
+        loader=lambda name, version, path: load_model(name, version, path, args.threads, providers, args.spin),
     )
     if servicer.faults.active:
         log.warning(

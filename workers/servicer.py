@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +20,7 @@ from workers.v2grpc import array_from_contents, array_from_raw, array_to_raw, da
 log = logging.getLogger("batchgate.worker")
 
 COMPUTE_NS = "batchgate_compute_ns"
+Loader = Callable[[str, str, Path], LoadedModel]
 
 
 class Faults:
@@ -62,14 +66,22 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         models: dict[tuple[str, str], LoadedModel],
         server_name: str = "batchgate-worker",
         faults: Faults | None = None,
+        loader: Loader | None = None,
     ) -> None:
-        self._models = models
+        self._models = dict(models)
         self.faults = faults or Faults()
+        self._loader = loader
+        self._lock = threading.Lock()
         self._latest: dict[str, LoadedModel] = {}
-        for (name, _version), model in sorted(models.items(), key=lambda item: int(item[0][1])):
-            self._latest[name] = model
+        self._index()
         self._server_name = server_name
         self.ready = True
+
+    def _index(self) -> None:
+        latest: dict[str, LoadedModel] = {}
+        for (name, _version), model in sorted(self._models.items(), key=lambda item: int(item[0][1])):
+            latest[name] = model
+        self._latest = latest
 
     def find(self, name: str, version: str) -> LoadedModel:
         model = self._models.get((name, version)) if version else self._latest.get(name)
@@ -114,6 +126,58 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return service_pb2.ServerReadyResponse(ready=self.ready)
+
+    def load(self, name: str, version: str, path: Path) -> None:
+        """Load (or reload) one model version; the old session serves until the new one is warm."""
+        if self._loader is None:
+            raise InferFailure(grpc.StatusCode.UNIMPLEMENTED, "this worker cannot load models at run time")
+        try:
+            model = self._loader(name, version, path)
+        except Exception as exc:  # ORT raises several types; the caller gets the reason
+            message = f"cannot load {name}:{version} from {path}: {exc}"
+            raise InferFailure(grpc.StatusCode.INVALID_ARGUMENT, message) from None
+        with self._lock:
+            self._models[(name, version)] = model
+            self._index()
+        log.info("loaded %s:%s at run time", name, version)
+
+    def unload(self, name: str, version: str) -> int:
+        """Drop one version (or every version when ``version`` is empty); returns how many."""
+        with self._lock:
+            keys = [key for key in self._models if key[0] == name and (not version or key[1] == version)]
+            for key in keys:
+                del self._models[key]
+            self._index()
+        return len(keys)
+
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        entry = service_pb2.RepositoryIndexResponse.ModelIndex
+        return service_pb2.RepositoryIndexResponse(
+            models=[entry(name=n, version=v, state="READY") for (n, v) in sorted(self._models)]
+        )
+
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        params = request.parameters
+        version = params["version"].string_param if "version" in params else ""
+        path = params["path"].string_param if "path" in params else ""
+        try:
+            if not version or not path:
+                if self._latest.get(request.model_name) is None:
+                    raise InferFailure(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "batchgate workers load by file: give parameters 'version' and 'path'",
+                    )
+            else:
+                self.load(request.model_name, version, Path(path))
+        except InferFailure as failure:
+            context.abort(failure.code, failure.message)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        params = request.parameters
+        version = params["version"].string_param if "version" in params else ""
+        self.unload(request.model_name, version)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         key_found = (request.name, request.version) in self._models if request.version else request.name in self._latest

@@ -16,16 +16,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive
 
-from gateway import __version__
 from gateway.codec.v2http import decode_request, encode_response, error_body
-from gateway.errors import BatchgateError, Cancelled, InvalidInput, Unavailable
+from gateway.dataplane import DataPlane
+from gateway.errors import BatchgateError, Cancelled, InvalidInput
 from gateway.metrics import Metrics
 from gateway.rest.body import encode, pick_encoding, read_body
-from gateway.router import Router, ServedModel
 
 log = logging.getLogger("batchgate.rest")
 
-EXTENSIONS = ["binary_tensor_data"]
 JSON = "application/json"
 
 
@@ -48,56 +46,63 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class RestAPI:
-    """Handlers bound to one router; :meth:`app` builds the Starlette application."""
+    """Handlers bound to one data plane; :meth:`routes` lists them for the Starlette application."""
 
-    def __init__(self, router: Router, metrics: Metrics, max_body_bytes: int) -> None:
-        self.router = router
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.router = dataplane.router
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
-        return _json({"name": "batchgate", "version": __version__, "extensions": EXTENSIONS})
+        return _json(self.dataplane.server_metadata())
 
     async def live(self, request: Request) -> Response:
         return Response(status_code=200)
 
     async def ready(self, request: Request) -> Response:
-        return Response(status_code=200 if self.router.ready() else 503)
-
-    def _served(self, request: Request) -> ServedModel:
-        params = request.path_params
-        return self.router.resolve(params["model"], params.get("version", ""))
+        return Response(status_code=200 if self.dataplane.ready() else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        try:
-            served = self._served(request)
-        except BatchgateError as exc:
-            return error_response(exc)
-        signature = served.signature
-        if signature is None:
-            return error_response(Unavailable(f"model {served.name} is not ready"))
-        versions = sorted(self.router.models[served.name], key=int)
-
-        def tensors(specs: Any) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
-
-        return _json(
-            {
-                "name": served.name,
-                "versions": versions,
-                "platform": signature.platform,
-                "inputs": tensors(signature.inputs),
-                "outputs": tensors(signature.outputs),
-            }
-        )
+        params = request.path_params
+        return _json(self.dataplane.model_metadata(params["model"], params.get("version", "")))
 
     async def model_ready(self, request: Request) -> Response:
-        try:
-            served = self._served(request)
-        except BatchgateError as exc:
-            return error_response(exc)
-        return Response(status_code=200 if served.ready and self.router.accepting else 503)
+        params = request.path_params
+        ready = self.dataplane.model_ready(params["model"], params.get("version", ""))
+        return Response(status_code=200 if ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        params = request.path_params
+        return _json(self.dataplane.model_config(params["model"], params.get("version", "")))
+
+    async def statistics(self, request: Request) -> Response:
+        params = request.path_params
+        return _json(self.dataplane.statistics(params.get("model", ""), params.get("version", "")))
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, 64 * 1024)
+        ready_only = False
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+            if not isinstance(doc, dict):
+                raise InvalidInput("request body must be a JSON object")
+            ready_only = bool(doc.get("ready", False))
+        return _json(self.dataplane.repository_index(ready_only))
+
+    async def load(self, request: Request) -> Response:
+        await read_body(request, 64 * 1024)
+        await self.dataplane.load(request.path_params["model"])
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        await read_body(request, 64 * 1024)
+        await self.dataplane.unload(request.path_params["model"])
+        return Response(status_code=200)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -173,17 +178,26 @@ class RestAPI:
     def routes(self) -> list[Route]:
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
+        get, post = ["GET"], ["POST"]
         return [
-            Route("/v2", self.server_metadata, methods=["GET"]),
-            Route("/v2/health/live", self.live, methods=["GET"]),
-            Route("/v2/health/ready", self.ready, methods=["GET"]),
-            Route(model, self.model_metadata, methods=["GET"]),
-            Route(version, self.model_metadata, methods=["GET"]),
-            Route(f"{model}/ready", self.model_ready, methods=["GET"]),
-            Route(f"{version}/ready", self.model_ready, methods=["GET"]),
-            Route(f"{model}/infer", self.infer, methods=["POST"]),
-            Route(f"{version}/infer", self.infer, methods=["POST"]),
-            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=get),
+            Route("/v2/health/live", self.live, methods=get),
+            Route("/v2/health/ready", self.ready, methods=get),
+            Route("/v2/models/stats", self.statistics, methods=get),
+            Route(model, self.model_metadata, methods=get),
+            Route(version, self.model_metadata, methods=get),
+            Route(f"{model}/ready", self.model_ready, methods=get),
+            Route(f"{version}/ready", self.model_ready, methods=get),
+            Route(f"{model}/config", self.model_config, methods=get),
+            Route(f"{version}/config", self.model_config, methods=get),
+            Route(f"{model}/stats", self.statistics, methods=get),
+            Route(f"{version}/stats", self.statistics, methods=get),
+            Route(f"{model}/infer", self.infer, methods=post),
+            Route(f"{version}/infer", self.infer, methods=post),
+            Route("/v2/repository/index", self.repository_index, methods=post),
+            Route("/v2/repository/models/{model}/load", self.load, methods=post),
+            Route("/v2/repository/models/{model}/unload", self.unload, methods=post),
+            Route("/metrics", self.metrics_endpoint, methods=get),
         ]
 
 
@@ -198,6 +212,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _batchgate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BatchgateError)
+    return error_response(exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
     return Response(error_body(f"internal error: {exc!r}"), status_code=500, media_type=JSON)
@@ -207,6 +226,6 @@ def build_app(api: RestAPI, lifespan: Any = None) -> Starlette:
     """The Starlette application: routes plus v2-shaped error bodies for every failure."""
     return Starlette(
         routes=api.routes(),
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={HTTPException: _http_error, BatchgateError: _batchgate_error, Exception: _unexpected},
         lifespan=lifespan,
     )

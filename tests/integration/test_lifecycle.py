@@ -178,3 +178,27 @@ def test_disconnected_client_leaves_the_queue_without_costing_compute(slow_worke
     first.close()
     _wait_for(lambda: gateway.metric("batchgate_requests_total", {**labels, "code": "499"}) == 1)
     assert gateway.metric("batchgate_batch_size_sum", labels) == rows_before + 1
+
+
+def test_grpc_deadline_shorter_than_the_queue_wait_costs_no_compute(slow_worker_gateway: GatewayProcess) -> None:
+    """The worker is busy for 400 ms; a request with a 100 ms client deadline expires in the queue."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    gateway = slow_worker_gateway
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    stats = client.get_inference_statistics("digits_mlp", as_json=True)["model_stats"][0]
+    executions = int(stats.get("execution_count", 0))
+    rows_before = gateway.metric("batchgate_batch_size_sum", {"model": "digits_mlp"})
+    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 64), dtype=np.float32))
+    done: list[object] = []
+    client.async_infer("digits_mlp", [tensor], callback=lambda result, error: done.append(error or result))
+    _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", {"model": "digits_mlp"}) == rows_before + 1)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("digits_mlp", [tensor], client_timeout=0.1)
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    _wait_for(lambda: len(done) == 1)
+    stats = client.get_inference_statistics("digits_mlp", as_json=True)["model_stats"][0]
+    assert int(stats["execution_count"]) == executions + 1  # only the first request reached the worker
+    assert gateway.metric("batchgate_batch_size_sum", {"model": "digits_mlp"}) == rows_before + 1

@@ -1,0 +1,79 @@
+"""v2 gRPC codec: ``ModelInferRequest`` / ``ModelInferResponse`` <-> :mod:`gateway.types`.
+
+Inputs arrive as ``raw_input_contents`` (what tritonclient sends) or as typed
+``contents``; outputs always go back as ``raw_output_contents``, the only form
+tritonclient decodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonclient.grpc import service_pb2
+
+from gateway.errors import InvalidInput
+from gateway.types import InferRequest, InferResponse, InputTensor, RequestedOutput
+from workers.dtypes import V2_TO_NUMPY
+from workers.v2grpc import array_from_contents, array_from_raw, array_to_raw
+
+RESERVED_PARAMETERS = ("priority", "timeout", "binary_data_output")
+
+
+def parameter_value(param: Any) -> Any:
+    """The Python value of an ``InferParameter`` (whichever field is set)."""
+    kind = param.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(param, kind)
+
+
+def decode_request(request: Any) -> InferRequest:
+    """Decode a ModelInferRequest; raises :class:`InvalidInput` naming what is wrong."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if not request.inputs:
+        raise InvalidInput("request has no inputs")
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if tensor.datatype not in V2_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unsupported datatype {tensor.datatype!r}")
+        shape = tuple(int(dim) for dim in tensor.shape)
+        try:
+            if raw:
+                data = array_from_raw(tensor.datatype, shape, raw[index])
+            else:
+                data = array_from_contents(tensor.datatype, shape, tensor.contents)
+        except ValueError as exc:
+            raise InvalidInput(f"input '{name}': {exc}") from None
+        inputs.append(InputTensor(name, tensor.datatype, shape, data))
+    params = {key: parameter_value(value) for key, value in request.parameters.items()}
+    priority = params.get("priority", 0)
+    timeout = params.get("timeout")
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidInput("parameter 'priority' must be a non-negative integer")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
+    outputs = [RequestedOutput(out.name) for out in request.outputs] or None
+    return InferRequest(
+        model=request.model_name,
+        version=request.model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=request.id or None,
+        priority=priority,
+        timeout_us=timeout,
+        parameters={k: v for k, v in params.items() if k not in RESERVED_PARAMETERS},
+    )
+
+
+def encode_response(response: InferResponse) -> Any:
+    """A ModelInferResponse with raw output contents and string response parameters."""
+    message = service_pb2.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id or ""
+    )
+    for key, value in response.parameters.items():
+        message.parameters[key].string_param = str(value)
+    for out in response.outputs:
+        message.outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
+        message.raw_output_contents.append(array_to_raw(out.data))
+    return message

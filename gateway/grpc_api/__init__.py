@@ -1,0 +1,1 @@
+"""The v2 gRPC front (inference.GRPCInferenceService, as tritonclient.grpc calls it)."""

@@ -1,0 +1,172 @@
+"""gRPC transport over the data plane; status codes come from the error classes themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from gateway.codec import v2grpc
+from gateway.config import GRPCConfig
+from gateway.dataplane import DataPlane
+from gateway.errors import BatchgateError
+from gateway.metrics import Metrics
+
+log = logging.getLogger("batchgate.grpc")
+T = TypeVar("T")
+
+UNIMPLEMENTED = (
+    "LogSettings",
+    "TraceSetting",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+)
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``call``; a BatchgateError becomes its own gRPC status."""
+    try:
+        return await call()
+    except BatchgateError as exc:
+        await context.abort(exc.grpc_code, exc.message)
+        raise  # abort raises; this line only satisfies the type checker
+
+
+def _unimplemented(name: str) -> Callable[..., Any]:
+    async def method(self: GRPCFront, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"batchgate does not implement {name}")
+
+    method.__name__ = name
+    return method
+
+
+class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """``inference.GRPCInferenceService`` over the same router, batcher and statistics as HTTP."""
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+        self.dataplane = dataplane
+        self.router = dataplane.router
+        self.metrics = metrics
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            return service_pb2.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+        return await _guard(context, call)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return json_format.ParseDict(self.dataplane.server_metadata(), service_pb2.ServerMetadataResponse())
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            meta = self.dataplane.model_metadata(request.name, request.version)
+            return json_format.ParseDict(meta, service_pb2.ModelMetadataResponse())
+
+        return await _guard(context, call)
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            config = json_format.ParseDict(
+                self.dataplane.model_config(request.name, request.version), model_config_pb2.ModelConfig()
+            )
+            return service_pb2.ModelConfigResponse(config=config)
+
+        return await _guard(context, call)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            stats = self.dataplane.statistics(request.name, request.version)
+            return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+        return await _guard(context, call)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        entries = self.dataplane.repository_index(request.ready)
+        return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            await self.dataplane.load(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await _guard(context, call)
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            await self.dataplane.unload(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await _guard(context, call)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        model, version = request.model_name, request.model_version
+        code = 200
+        gauge = self.metrics.inflight.labels(model)
+        gauge.inc()
+        try:
+            infer_request = v2grpc.decode_request(request)
+            remaining = context.time_remaining()
+            timeout_ms = remaining * 1000 if remaining is not None and infer_request.timeout_us is None else None
+            ticket = self.router.admit(infer_request, timeout_ms)
+            try:
+                response = await self.router.result(ticket)
+            except asyncio.CancelledError:
+                # The client cancelled or its deadline passed: free the queue slot.
+                self.router.abandon(ticket)
+                code = 499
+                raise
+            return v2grpc.encode_response(response)
+        except BatchgateError as exc:
+            code = exc.http_status
+            await context.abort(exc.grpc_code, exc.message)
+        finally:
+            gauge.dec()
+            if model in self.router.models:
+                label_version = version or max(self.router.models[model], key=int)
+                self.metrics.requests.labels(model, label_version, str(code)).inc()
+                if code == 200:
+                    self.metrics.request_duration.labels(model, label_version).observe(time.perf_counter() - started)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "batchgate does not implement ModelStreamInfer; use ModelInfer"
+        )
+
+
+for _name in UNIMPLEMENTED:
+    setattr(GRPCFront, _name, _unimplemented(_name))
+
+
+async def build_server(front: GRPCFront, config: GRPCConfig, default_host: str) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server on the running event loop; returns it and its bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(front, server)
+    host = config.host or default_host
+    port = server.add_insecure_port(f"{host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{config.port}")
+    await server.start()
+    return server, port
