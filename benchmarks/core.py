@@ -163,9 +163,17 @@ def _bodies(width: int, directory: Path, name: str) -> dict[str, tuple[Path, lis
     ).encode()
     binary_path = directory / f"{name}.bin"
     binary_path.write_bytes(header + data.tobytes())
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, width])
+    request.raw_input_contents.append(data.tobytes())
+    grpc_path = directory / f"{name}.pb"
+    grpc_path.write_bytes(request.SerializeToString())
     return {
         "json": (json_path, []),
-        "binary": (binary_path, [f"Inference-Header-Content-Length: {len(header)}"]),
+        "binary": (binary_path, ["--header", f"Inference-Header-Content-Length: {len(header)}"]),
+        "grpc": (grpc_path, ["--grpc"]),
     }
 
 
@@ -183,25 +191,9 @@ def measure(
     pids = _proc_tree(server.pid)
     cpu0 = _cpu_seconds(pids)
     wall0 = time.perf_counter()
-    argv = [
-        sys.executable,
-        "-m",
-        "benchmarks.loadgen",
-        "--port",
-        str(port),
-        "--path",
-        f"/v2/models/{model}/infer",
-        "--body",
-        str(body[0]),
-        "--users",
-        str(users),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
-    ]
-    for header in body[1]:
-        argv += ["--header", header]
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--path", f"/v2/models/{model}/infer"]
+    argv += ["--body", str(body[0]), "--users", str(users), "--duration", str(duration), "--warmup", str(warmup)]
+    argv += body[1]
     output = subprocess.run(argv, capture_output=True, check=True, timeout=duration + warmup + 120)
     wall = time.perf_counter() - wall0
     result = json.loads(output.stdout)
@@ -313,10 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         "mlp": raw_latency_ms(repository / "mlp" / "1" / "model.onnx", 512),
         "digits_mlp": raw_latency_ms(repository / "digits_mlp" / "1" / "model.onnx", 64),
     }
-    bodies = {"mlp": _bodies(512, work, "mlp"), "digits_mlp": _bodies(64, work, "digits")}
+    bodies = {"mlp": _bodies(512, work, "mlp"), "digits_mlp": _bodies(64, work, "digits_mlp")}
     rows: list[Row] = []
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     gateway = _start(
         [
             sys.executable,
@@ -327,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             str(repository),
             "--http-port",
             str(port),
+            "--grpc-port",
+            str(grpc_port),
             "--log-format",
             "text",
         ],
@@ -338,12 +332,12 @@ def main(argv: list[str] | None = None) -> None:
             for count in users:
                 if model == "digits_mlp" and count != 1:
                     continue
-                for protocol in ("json", "binary"):
+                for protocol in ("json", "binary", "grpc"):
                     rows.append(
                         measure(
                             "batchgate",
                             gateway,
-                            port,
+                            grpc_port if protocol == "grpc" else port,
                             model,
                             protocol,
                             bodies[model][protocol],

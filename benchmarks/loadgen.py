@@ -1,4 +1,4 @@
-"""A small closed-loop HTTP/1.1 load generator: keep-alive connections, pre-encoded requests.
+"""A small closed-loop load generator: keep-alive HTTP/1.1 or gRPC, pre-encoded requests.
 
 Run as its own process (``python -m benchmarks.loadgen``) so its CPU time is measured apart
 from the server's; it prints one JSON document with latencies and its own CPU seconds.
@@ -13,83 +13,107 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 
+Send = Callable[[], Awaitable[bool]]
 
-async def _user(
-    host: str,
-    port: int,
-    request: bytes,
-    stop_at: float,
-    warm_until: float,
-    budget: list[int],
-    out: list[float],
-    errors: list[int],
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while budget[0] > 0:
-            now = time.perf_counter()
-            if now >= stop_at:
+
+class Window:
+    """Shared budget and results of one run."""
+
+    def __init__(self, warm_until: float, stop_at: float, max_requests: int) -> None:
+        self.warm_until = warm_until
+        self.stop_at = stop_at
+        self.budget = max_requests
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    async def loop(self, send: Send) -> None:
+        while self.budget > 0:
+            started = time.perf_counter()
+            if started >= self.stop_at:
                 return
-            budget[0] -= 1
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            done = time.perf_counter()
-            if now >= warm_until:
-                if status == 200:
-                    out.append(done - now)
+            self.budget -= 1
+            ok = await send()
+            if started >= self.warm_until:
+                if ok:
+                    self.latencies.append(time.perf_counter() - started)
                 else:
-                    errors[0] += 1
+                    self.errors += 1
+
+
+async def _http_user(window: Window, host: str, port: int, request: bytes) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def send() -> bool:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await reader.readexactly(length)
+        return head[9:12] == b"200"
+
+    try:
+        await window.loop(send)
     finally:
         writer.close()
 
 
-async def run(
-    host: str,
-    port: int,
-    path: str,
-    body: bytes,
-    headers: dict[str, str],
-    users: int,
-    duration: float,
-    warmup: float,
-    max_requests: int,
-) -> dict[str, object]:
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-    latencies: list[float] = []
-    errors = [0]
-    budget = [max_requests]
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    body = args.body.read_bytes()
     start = time.perf_counter()
+    window = Window(start + args.warmup, start + args.warmup + args.duration, args.max_requests)
     cpu0 = time.process_time()
-    tasks = [
-        _user(host, port, request, start + warmup + duration, start + warmup, budget, latencies, errors)
-        for _ in range(users)
-    ]
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + duration + 60)
+    channel = None
+    if args.grpc:
+        import grpc
+
+        channel = grpc.aio.insecure_channel(f"{args.host}:{args.port}")
+        # Pre-serialized request, undecoded response: the generator spends no time on protobuf.
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+
+        async def send() -> bool:
+            try:
+                await call(body, timeout=30)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        tasks = [window.loop(send) for _ in range(args.users)]
+    else:
+        head = [f"POST {args.path} HTTP/1.1", f"Host: {args.host}:{args.port}", f"Content-Length: {len(body)}"]
+        head += args.header
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        tasks = [_http_user(window, args.host, args.port, request) for _ in range(args.users)]
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.warmup + args.duration + 60)
+    if channel is not None:
+        await channel.close()
     cpu = time.process_time() - cpu0
-    measured = time.perf_counter() - start - warmup
-    array = np.asarray(latencies)
+    measured = time.perf_counter() - start - args.warmup
+    array = np.asarray(window.latencies)
+
+    def percentile(q: float) -> float | None:
+        return float(np.percentile(array, q) * 1000) if len(array) else None
+
     return {
-        "requests": len(latencies),
-        "errors": errors[0],
+        "requests": len(array),
+        "errors": window.errors,
         "seconds": measured,
-        "rps": len(latencies) / measured if measured > 0 else 0.0,
-        "p50_ms": float(np.percentile(array, 50) * 1000) if len(array) else None,
-        "p99_ms": float(np.percentile(array, 99) * 1000) if len(array) else None,
-        "p999_ms": float(np.percentile(array, 99.9) * 1000) if len(array) else None,
-        "loadgen_cpu_share": cpu / (measured + warmup),
+        "rps": len(array) / measured if measured > 0 else 0.0,
+        "p50_ms": percentile(50),
+        "p99_ms": percentile(99),
+        "p999_ms": percentile(99.9),
+        "loadgen_cpu_share": cpu / (measured + args.warmup),
     }
 
 
@@ -97,35 +121,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--body", type=Path, required=True)
-    parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--path", default="/", help="HTTP path to POST to")
+    parser.add_argument("--body", type=Path, required=True, help="request body, or a serialized ModelInferRequest")
+    parser.add_argument("--header", action="append", default=[], help="extra HTTP header line")
+    parser.add_argument("--grpc", action="store_true", help="call ModelInfer over gRPC instead of HTTP")
     parser.add_argument("--users", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)
     args = parser.parse_args()
-    headers = dict(h.split(":", 1) for h in args.header)
-    try:
-        import uvloop
+    if not args.grpc:
+        try:
+            import uvloop
 
-        uvloop.install()
-    except ImportError:
-        pass
-    result = asyncio.run(
-        run(
-            args.host,
-            args.port,
-            args.path,
-            args.body.read_bytes(),
-            {k: v.strip() for k, v in headers.items()},
-            args.users,
-            args.duration,
-            args.warmup,
-            args.max_requests,
-        )
-    )
-    json.dump(result, sys.stdout)
+            uvloop.install()
+        except ImportError:
+            pass
+    json.dump(asyncio.run(run(args)), sys.stdout)
     sys.stdout.flush()
     os._exit(0)
 
