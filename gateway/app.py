@@ -92,6 +92,12 @@ class Gateway:
             )
             log.info("gRPC front listening on %s:%d", self.config.grpc.host or self.config.http.host, self.grpc_port)
 
+    async def drain(self) -> None:
+        """Stop being ready, refuse new requests, and wait for the admitted ones to finish."""
+        self.router.accepting = False
+        await self.router.drain(self.config.drain_timeout_s)
+        log.info("drained: every admitted request has been answered")
+
     async def stop(self) -> None:
         await self.router.drain(self.config.drain_timeout_s)
         if self.grpc_server is not None:

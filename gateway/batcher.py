@@ -44,8 +44,10 @@ class ModelBatcher:
         pool: PoolClient,
         clock: Clock,
         metrics: Metrics,
+        shed_after_s: float | None = None,
     ) -> None:
         self.model = model
+        self.shed_after_s = shed_after_s
         self.version = version
         self.config = config
         self.pool = pool
@@ -95,10 +97,19 @@ class ModelBatcher:
             self.level_of(priority),
             loop.create_future(),
         )
+        if self.shed_after_s is not None and self.latency.samples:
+            limit = self.shed_after_s
+            if self.predicted_latency_s(checked.rows) > limit:
+                self.metrics.shed.labels(self.model, "predicted_latency").inc()
+                raise Overloaded(
+                    f"model {self.model} is saturated: an answer would take longer than {limit * 1000:.0f} ms",
+                    retry_after_s=self.retry_after_s(),
+                )
         was_waiting = len(self.queue) > 0
         try:
             evicted = self.queue.push(pending)
         except QueueFull:
+            self.metrics.shed.labels(self.model, "queue_full").inc()
             raise self.queue_full_error() from None
         if evicted is not None:
             self._answer_error(evicted, self.queue_full_error())
@@ -107,6 +118,15 @@ class ModelBatcher:
         pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, pending)
         self._pump()
         return pending
+
+    def predicted_latency_s(self, rows: int) -> float:
+        """Expected time until a request of ``rows`` joining now is answered (0 before any batch)."""
+        if not self.latency.samples:
+            return 0.0
+        per_batch = self.latency.predict(self.max_rows)
+        parallel = max(self.pool.usable_slots(), 1)
+        batches_ahead = self.queue.rows // self.max_rows
+        return batches_ahead * per_batch / parallel + self.latency.predict(min(self.queue.rows + rows, self.max_rows))
 
     def queue_full_error(self) -> BatchgateError:
         return Overloaded(f"model {self.model} queue is full", retry_after_s=self.retry_after_s())
@@ -212,6 +232,13 @@ class ModelBatcher:
                     self.pool.notify_when_free(self._pump)
                     break
                 batch = self.queue.take(head, self.max_rows, now)
+                if any(p.deadline <= now for p in batch):
+                    for late in [p for p in batch if p.deadline <= now]:
+                        self._expire(late)
+                    batch = [p for p in batch if p.deadline > now]
+                    if not batch:
+                        self.pool.release(replica)
+                        continue
                 rows = sum(p.rows for p in batch)
                 for pending in batch:
                     self._m_queue.observe(now - pending.enqueued)
@@ -219,7 +246,7 @@ class ModelBatcher:
                 self._m_batch.observe(rows)
                 self._inflight_batches += 1
                 self._idle.clear()
-                self._launch(replica, batch, rows, None, attempt=1)
+                self._launch(replica, batch, rows)
             self._m_depth.set(len(self.queue))
         finally:
             self._pumping = False
@@ -243,14 +270,11 @@ class ModelBatcher:
             return batch[0].feeds
         return {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
 
-    def _launch(
-        self, replica: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array] | None, attempt: int
-    ) -> None:
+    def _launch(self, replica: Replica, batch: list[Pending], rows: int) -> None:
         timeout = max(max(p.deadline for p in batch) - self.clock.now(), 0.001)
         prepared_at = time.perf_counter_ns()
         sent_at = [prepared_at]  # set once the request is on its way (done may run inside send)
-        if feeds is None:
-            feeds = self._concat(batch)
+        feeds = self._concat(batch)
 
         def done(outputs: Outputs | None, busy: float | None, error: BatchgateError | None) -> None:
             self.pool.release(replica)
@@ -260,7 +284,8 @@ class ModelBatcher:
                 self.latency.observe(rows, elapsed)
                 self.occupancy.observe(rows, elapsed if busy is None else busy)
                 self._m_compute.observe(elapsed)
-            elif error is not None and error.retryable and attempt == 1 and self._retry(replica, batch, rows, feeds):
+            elif error is not None and error.retryable and self._requeue(replica, batch, error):
+                self._finish_batch()
                 return
             self._finish_batch()
             if outputs is not None:
@@ -284,16 +309,21 @@ class ModelBatcher:
             log.exception("batch for %s could not be sent", self.model)
             done(None, None, WorkerError(f"batch could not be sent: {exc!r}"))
 
-    def _retry(self, failed: Replica, batch: list[Pending], rows: int, feeds: dict[str, Array]) -> bool:
-        """Send a failed batch once more on another replica, if one is free and time allows."""
-        if all(p.future.done() for p in batch) or min(p.deadline for p in batch) <= self.clock.now():
+    def _requeue(self, failed: Replica, batch: list[Pending], error: BatchgateError) -> bool:
+        """Put a batch lost with its replica back at the front of the queue, once per request,
+        while the deadline and the pool's retry budget allow. True if anything was requeued."""
+        now = self.clock.now()
+        again = [p for p in batch if not p.future.done() and p.attempts == 0 and p.deadline > now]
+        if not again or not self.pool.retry_budget.withdraw():
             return False
-        replica = self.pool.try_acquire(exclude=failed)
-        if replica is None:
-            return False
+        for pending in again:
+            pending.attempts += 1
+        self.queue.requeue(again)
         self.metrics.retries.labels(self.pool.name).inc()
-        log.warning("batch for %s failed on %s; retrying once on %s", self.model, failed.address, replica.address)
-        self._launch(replica, batch, rows, feeds, attempt=2)
+        log.warning("batch of %d for %s lost on %s (%s); retrying", len(again), self.model, failed.address, error)
+        for pending in batch:
+            if pending not in again:
+                self._answer_error(pending, error)
         return True
 
     def _finish_batch(self) -> None:

@@ -17,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.app import Gateway
     from gateway.config import ConfigError, load_server_config
+    from gateway.server import DrainingServer
 
     overrides: dict[str, Any] = {}
     if args.model_repository is not None:
@@ -39,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"batchgate: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(
+    server = DrainingServer(
         uvicorn.Config(
             gateway.app,
             host=config.http.host,
@@ -50,7 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=int(config.drain_timeout_s),
-        )
+        ),
+        gateway.drain,
+        config.drain_timeout_s,
     )
     server.run()
     return 0

@@ -43,6 +43,9 @@ class BatchingConfig(_Frozen):
     max_queue_size: int = Field(1024, ge=1, description="Queued requests beyond which new ones get 429.")
     priority_levels: int = Field(2, ge=1, le=16, description="Number of priority levels (1 = highest).")
     default_priority: int = Field(0, ge=0, description="Level for requests sending priority 0; 0 = lowest.")
+    shed_over_slo: bool = Field(
+        True, description="Answer 429 at once when a request would be answered later than the SLO p99."
+    )
     aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
 
     @model_validator(mode="after")
@@ -103,6 +106,7 @@ class FaultConfig(_Frozen):
     delay_ms: float = Field(0.0, ge=0, description="Extra latency added to every batch a worker computes.")
     error_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of batches a worker fails with an error.")
     seed: int = Field(0, description="Seed of the workers' fault random generator.")
+    models: tuple[str, ...] = Field((), description="Only these models misbehave; empty = every model.")
 
 
 class PoolConfig(_Frozen):

@@ -65,11 +65,10 @@ class DeadlineExceeded(BatchgateError):
 
 
 class WorkerError(BatchgateError):
-    """A worker failed to compute a batch (model error, crash, lost connection)."""
+    """The model failed to compute a batch; retrying the same input would fail again."""
 
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
-    retryable = True
 
 
 class Cancelled(BatchgateError):

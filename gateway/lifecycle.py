@@ -50,7 +50,9 @@ class ModelManager:
     def pool_for(self, name: str) -> PoolClient:
         pool = self.pools.get(name)
         if pool is None:
-            pool = self.pools[name] = PoolClient(name, self.config.pools[name].inflight_per_replica)
+            pool = self.pools[name] = PoolClient(
+                name, self.config.pools[name].inflight_per_replica, clock=self.clock, metrics=self.metrics
+            )
         return pool
 
     def serve(self, model: RepositoryModel, version: ModelVersion) -> ServedModel:
@@ -136,7 +138,10 @@ class ModelManager:
 
     def _stage(self, model: RepositoryModel, version: ModelVersion) -> ServedModel:
         pool = self.pool_for(model.config.pool)
-        batcher = ModelBatcher(model.name, version.version, model.config.batching, pool, self.clock, self.metrics)
+        shed_after_s = model.config.slo.p99_ms / 1000 if model.config.batching.shed_over_slo else None
+        batcher = ModelBatcher(
+            model.name, version.version, model.config.batching, pool, self.clock, self.metrics, shed_after_s
+        )
         return ServedModel(model.name, version.version, model.config, pool, batcher, path=version.path)
 
     async def _load_on_workers(self, model: RepositoryModel, version: ModelVersion) -> None:

@@ -73,6 +73,15 @@ class Metrics:
             "batchgate_fallback", "Requests answered by a fallback model.", ["model", "reason"], registry=r
         )
         self.retries = Counter("batchgate_retries", "Batches retried on another replica.", ["pool"], registry=r)
+        self.circuit_state = Gauge(
+            "batchgate_circuit_state",
+            "Replica circuit: 0 closed, 1 half-open, 2 open.",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "batchgate_shed", "Requests refused with 429 to protect latency.", ["model", "reason"], registry=r
+        )
         self.replicas = Gauge("batchgate_replicas", "Worker replicas in the pool.", ["pool"], registry=r)
         self.replicas_ready = Gauge("batchgate_replicas_ready", "Ready worker replicas.", ["pool"], registry=r)
         self.desired_replicas = Gauge(

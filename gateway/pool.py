@@ -20,8 +20,11 @@ import grpc
 import grpc.aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.circuit import OPEN, CircuitBreaker, RetryBudget
+from gateway.clock import Clock, MonotonicClock
 from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
 from gateway.local_transport import LocalConnection
+from gateway.metrics import Metrics
 from gateway.tasks import spawn
 from gateway.types import Array, Signature
 from workers import framing
@@ -62,9 +65,10 @@ class Replica:
     ``local_path`` names the worker's framed unix socket when it runs on this machine.
     """
 
-    def __init__(self, address: str, local_path: str | None = None) -> None:
+    def __init__(self, address: str, local_path: str | None, breaker: CircuitBreaker) -> None:
         self.address = address
         self.local_path = local_path
+        self.breaker = breaker
         self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.outstanding = 0
@@ -116,8 +120,20 @@ def _outputs(response: Any) -> tuple[Outputs, float | None]:
 class PoolClient:
     """Replica choice, slot accounting and readiness for one pool."""
 
-    def __init__(self, name: str, inflight_per_replica: int = 1, health_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        name: str,
+        inflight_per_replica: int = 1,
+        health_interval_s: float = 0.5,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        max_ejected_ratio: float = 0.5,
+    ) -> None:
         self.name = name
+        self.clock = clock or MonotonicClock()
+        self.metrics = metrics
+        self.max_ejected_ratio = max_ejected_ratio
+        self.retry_budget = RetryBudget(self.clock)
         self.inflight_per_replica = inflight_per_replica
         self.health_interval_s = health_interval_s
         self.replicas: dict[str, Replica] = {}
@@ -129,7 +145,8 @@ class PoolClient:
     def add(self, address: str, local_path: str | None = None) -> Replica:
         replica = self.replicas.get(address)
         if replica is None:
-            replica = self.replicas[address] = Replica(address, local_path)
+            replica = self.replicas[address] = Replica(address, local_path, CircuitBreaker(self.clock))
+            self._circuit_metric(replica)
         return replica
 
     async def remove(self, address: str) -> None:
@@ -163,7 +180,42 @@ class PoolClient:
     # -- slots --------------------------------------------------------------------------
     def _candidates(self) -> list[Replica]:
         limit = self.inflight_per_replica
-        return [r for r in self.replicas.values() if r.ready and not r.draining and r.outstanding < limit]
+        return [
+            r
+            for r in self.replicas.values()
+            if r.ready and not r.draining and r.outstanding < limit and r.breaker.allows(r.outstanding)
+        ]
+
+    def has_usable_replica(self) -> bool:
+        """Some replica is ready and not ejected (it may be busy)."""
+        return any(r.ready and not r.draining and r.breaker.state != OPEN for r in self.replicas.values())
+
+    # -- circuit breaking -----------------------------------------------------------------
+    def _circuit_metric(self, replica: Replica) -> None:
+        if self.metrics is not None:
+            self.metrics.circuit_state.labels(self.name, replica.address).set(replica.breaker.state)
+
+    def record(self, replica: Replica, transport_ok: bool) -> None:
+        """Feed one batch outcome to the replica's breaker (model errors count as transport_ok)."""
+        if transport_ok:
+            replica.breaker.success()
+            self.retry_budget.deposit()
+        else:
+            ejected = sum(1 for r in self.replicas.values() if r.breaker.state == OPEN)
+            may_eject = ejected + 1 <= self.max_ejected_ratio * len(self.replicas)
+            if replica.breaker.failure(may_eject):
+                log.warning(
+                    "pool %s: replica %s ejected for %.0fs after repeated failures",
+                    self.name,
+                    replica.address,
+                    replica.breaker.open_until - self.clock.now(),
+                )
+        self._circuit_metric(replica)
+
+    def usable_slots(self) -> int:
+        """Batches the pool could run at once if every usable replica were free."""
+        usable = sum(1 for r in self.replicas.values() if r.ready and not r.draining and r.breaker.state != OPEN)
+        return usable * self.inflight_per_replica
 
     def has_idle_slot(self) -> bool:
         return bool(self._candidates())
@@ -211,6 +263,7 @@ class PoolClient:
 
     def _local_reply(self, replica: Replica, done: Done) -> Callable[[int, bytes | None, BatchgateError | None], None]:
         def reply(kind: int, body: bytes | None, error: BatchgateError | None) -> None:
+            self.record(replica, error is None)
             if error is not None:
                 if isinstance(error, Unavailable):
                     self.set_ready(replica, False)
@@ -220,7 +273,10 @@ class PoolClient:
                 done(outputs, busy, None)
             else:
                 code, message = framing.parse_error(body or b"\x02")
-                done(None, None, error_for(_CODES.get(code, grpc.StatusCode.UNKNOWN), message, replica.address))
+                failure = error_for(_CODES.get(code, grpc.StatusCode.UNKNOWN), message, replica.address)
+                if isinstance(failure, Unavailable):  # the worker is draining: send nothing more its way
+                    self.set_ready(replica, False)
+                done(None, None, failure)
 
         return reply
 
@@ -233,11 +289,13 @@ class PoolClient:
             response = await replica.stub.ModelInfer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             error = error_for(exc.code(), exc.details() or exc.code().name, replica.address)
+            self.record(replica, not isinstance(error, (Unavailable, DeadlineExceeded)))
             if isinstance(error, Unavailable):
                 self.set_ready(replica, False)
             done(None, None, error)
             return
         except Unavailable as exc:
+            self.record(replica, False)
             self.set_ready(replica, False)
             done(None, None, exc)
             return
@@ -245,6 +303,7 @@ class PoolClient:
             log.exception("batch to %s failed unexpectedly", replica.address)
             done(None, None, WorkerError(f"batch failed: {exc!r}"))
             return
+        self.record(replica, True)
         outputs, busy = _outputs(response)
         done(outputs, busy, None)
 

@@ -26,6 +26,7 @@ class Pending:
     """One admitted request waiting for (or in) a batch."""
 
     __slots__ = (
+        "attempts",
         "deadline",
         "enqueued",
         "feeds",
@@ -56,6 +57,7 @@ class Pending:
         self.future = future
         self.state = QUEUED
         self.timer: asyncio.TimerHandle | None = None
+        self.attempts = 0
 
 
 class RequestQueue:
@@ -155,6 +157,14 @@ class RequestQueue:
             if rows >= max_rows:
                 break
         return batch
+
+    def requeue(self, items: list[Pending]) -> None:
+        """Put taken requests back at the front of their levels, in their original order."""
+        for item in reversed(items):
+            item.state = QUEUED
+            self._levels[item.level].appendleft(item)
+            self.size += 1
+            self.rows += item.rows
 
     def _take_one(self, item: Pending) -> None:
         item.state = TAKEN

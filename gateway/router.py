@@ -1,4 +1,10 @@
-"""Model router: resolve the model version, validate, set the deadline, hand to its batcher."""
+"""Model router: resolve the model version, set the deadline, and run the request through
+its batcher — or through its fallback when the primary errs, is slow, overloaded or has
+no usable replica (DESIGN §6).
+
+Routing is callback-driven: a :class:`Ticket`'s future resolves to the first good answer
+of its attempts (primary, then fallbacks), with no task per request.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,25 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ModelConfig
-from gateway.errors import BatchgateError, NotFound, Unavailable
+from gateway.errors import BatchgateError, DeadlineExceeded, NotFound, Overloaded, Unavailable
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.request_queue import Pending
-from gateway.types import InferRequest, InferResponse, OutputTensor, Signature
+from gateway.types import Array, InferRequest, InferResponse, OutputTensor, Signature
 from gateway.validation import check_request
 
 log = logging.getLogger("batchgate.router")
+
+FALLBACK_HEADER = "x-batchgate-fallback"
+
+
+class CircuitOpen(Unavailable):
+    """Every replica of the model's pool is ejected or not ready."""
 
 
 @dataclass
@@ -39,20 +52,51 @@ class ServedModel:
     def ready(self) -> bool:
         return self.signature is not None and self.pool.ready_count() > 0
 
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
 
 @dataclass(slots=True)
-class Ticket:
-    """An admitted request: await :meth:`Router.result`, or :meth:`Router.abandon` it."""
+class Attempt:
+    """The request queued on one model version; ``reason`` is set for a fallback."""
 
-    request: InferRequest
     served: ServedModel
     pending: Pending
     output_names: tuple[str, ...]
+    reason: str | None
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request. Await ``future`` (it resolves to the winning attempt), then
+    :meth:`Router.response`; or :meth:`Router.abandon` it when the client leaves."""
+
+    request: InferRequest
+    primary: ServedModel
+    deadline: float
     admitted_ns: int
+    future: asyncio.Future[tuple[Attempt, dict[str, Array]]]
+    attempts: list[Attempt] = field(default_factory=list)
+    budget_timer: asyncio.TimerHandle | None = None
+    fallback_started: bool = False
+
+
+def trigger_for(error: BatchgateError) -> str | None:
+    """The fallback trigger an error from the primary stands for (None: not a trigger)."""
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    if isinstance(error, Overloaded):
+        return "overload"
+    if isinstance(error, DeadlineExceeded):
+        return None  # the request's own deadline passed: no time left for anything else
+    if error.retryable or error.http_status >= 500:
+        return "error"
+    return None
 
 
 class Router:
-    """Finds the served model for a request and runs it through that model's batcher."""
+    """Finds the served model for a request and runs it through batchers and fallbacks."""
 
     def __init__(self, clock: Clock, metrics: Metrics, models: Iterable[ServedModel] = ()) -> None:
         self.clock = clock
@@ -62,6 +106,7 @@ class Router:
             self.add(served)
         self.accepting = True
 
+    # -- the served set ---------------------------------------------------------------------
     def add(self, served: ServedModel) -> None:
         """Route new requests to ``served`` (replacing an entry for the same version)."""
         self.models.setdefault(served.name, {})[served.version] = served
@@ -91,56 +136,142 @@ class Router:
     def ready(self) -> bool:
         return self.accepting and all(served.ready for served in self.all_served())
 
+    # -- admission --------------------------------------------------------------------------
     def admit(self, request: InferRequest, timeout_ms: float | None = None) -> Ticket:
-        """Validate and queue; raises a :class:`BatchgateError` for anything that cannot be served."""
+        """Queue the request (on its fallback if the primary cannot take it); raises when nothing can."""
         if not self.accepting:
             raise Unavailable("gateway is shutting down")
-        served = self.resolve(request.model, request.version)
-        if served.signature is None or not served.pool.ready_count():
-            raise Unavailable(f"model '{served.name}' version {served.version} is not ready")
-        admitted_ns = time.perf_counter_ns()
-        try:
-            checked = check_request(request, served.signature, served.config.batching.max_batch_size)
-        except BatchgateError:
-            served.batcher.stats.request_done(False, time.perf_counter_ns() - admitted_ns)
-            raise
-        now = self.clock.now()
-        if request.timeout_us is not None:
+        primary = self.resolve(request.model, request.version)
+        if request.timeout_us:  # 0 means "no deadline of my own", as in Triton
             budget = request.timeout_us / 1e6
         elif timeout_ms is not None:
             budget = timeout_ms / 1000
         else:
-            budget = served.config.timeout_ms / 1000
-        try:
-            pending = served.batcher.submit(checked, now + budget, request.priority)
-        except BatchgateError:
-            served.batcher.stats.request_done(False, time.perf_counter_ns() - admitted_ns)
-            raise
-        return Ticket(request, served, pending, checked.output_names, admitted_ns)
-
-    async def result(self, ticket: Ticket) -> InferResponse:
-        """Wait for the ticket's outputs and shape the response."""
-        served = ticket.served
-        try:
-            outputs = await ticket.pending.future
-        except BatchgateError:
-            served.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
-            raise
-        served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
-        datatypes = served.datatypes
-        tensors = [OutputTensor(name, datatypes[name], outputs[name]) for name in ticket.output_names]
-        return InferResponse(
-            model=served.name,
-            version=served.version,
-            outputs=tensors,
-            id=ticket.request.id,
-            parameters={"served_by": f"{served.name}:{served.version}"},
+            budget = primary.config.timeout_ms / 1000
+        ticket = Ticket(
+            request,
+            primary,
+            self.clock.now() + budget,
+            time.perf_counter_ns(),
+            asyncio.get_running_loop().create_future(),
         )
+        try:
+            self._attempt(ticket, primary, None)
+        except BatchgateError as exc:
+            primary.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
+            if not self._fall_back(ticket, primary, exc):
+                raise
+        fallback = primary.config.fallback
+        if fallback is not None and fallback.primary_budget_ms and "timeout" in fallback.on and ticket.attempts:
+            ticket.budget_timer = asyncio.get_running_loop().call_later(
+                fallback.primary_budget_ms / 1000, self._budget_spent, ticket
+            )
+        return ticket
+
+    def _attempt(self, ticket: Ticket, served: ServedModel, reason: str | None) -> None:
+        """Validate against ``served`` and queue there; raises when it cannot take the request."""
+        if served.signature is None:
+            raise CircuitOpen(f"model '{served.name}' version {served.version} is not ready")
+        if not served.pool.has_usable_replica():
+            raise CircuitOpen(f"model '{served.name}': no usable replica in pool {served.pool.name}")
+        checked = check_request(ticket.request, served.signature, served.config.batching.max_batch_size)
+        fallback = served.config.fallback
+        if reason is None and fallback is not None and "overload" in fallback.on:
+            limit = (fallback.primary_budget_ms or served.config.slo.p99_ms) / 1000
+            if served.batcher.predicted_latency_s(checked.rows) > limit:
+                raise Overloaded(f"model '{served.name}' would answer later than its budget")
+        pending = served.batcher.submit(checked, ticket.deadline, ticket.request.priority)
+        attempt = Attempt(served, pending, checked.output_names, reason)
+        ticket.attempts.append(attempt)
+        pending.future.add_done_callback(lambda future: self._attempt_done(ticket, attempt, future))
+
+    def _fall_back(self, ticket: Ticket, failed: ServedModel, error: BatchgateError) -> bool:
+        """Start the fallback of ``failed`` if ``error`` is one of its triggers; True if started."""
+        fallback = failed.config.fallback
+        trigger = trigger_for(error)
+        if fallback is None or trigger is None or trigger not in fallback.on:
+            return False
+        first = next((a.reason for a in ticket.attempts if a.reason is not None), None)
+        return self._start_fallback(ticket, failed, first or trigger)
+
+    def _start_fallback(self, ticket: Ticket, failed: ServedModel, reason: str) -> bool:
+        fallback = failed.config.fallback
+        assert fallback is not None
+        try:
+            target = self.resolve(fallback.model)
+        except NotFound:
+            return False
+        ticket.fallback_started = True
+        self.metrics.fallbacks.labels(ticket.primary.name, reason).inc()
+        try:
+            self._attempt(ticket, target, reason)
+        except BatchgateError as exc:
+            return self._fall_back(ticket, target, exc)
+        return True
+
+    def _budget_spent(self, ticket: Ticket) -> None:
+        """The primary is over its budget: race the fallback against it."""
+        ticket.budget_timer = None
+        if ticket.future.done() or ticket.fallback_started:
+            return
+        self._start_fallback(ticket, ticket.primary, "timeout")
+
+    def _attempt_done(self, ticket: Ticket, attempt: Attempt, future: asyncio.Future[Any]) -> None:
+        if ticket.future.done() or future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._settle(ticket)
+            attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
+            ticket.future.set_result((attempt, future.result()))
+            return
+        assert isinstance(error, BatchgateError)
+        attempt.served.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
+        if any(not a.pending.future.done() for a in ticket.attempts):
+            return  # another attempt is still running; it may yet answer
+        if not ticket.fallback_started and self._fall_back(ticket, attempt.served, error):
+            return
+        if attempt.reason is not None and self._fall_back(ticket, attempt.served, error):
+            return
+        self._settle(ticket)
+        ticket.future.set_exception(error)
+
+    def _settle(self, ticket: Ticket) -> None:
+        """The ticket is answered: stop the budget timer and cancel the attempts that lost."""
+        if ticket.budget_timer is not None:
+            ticket.budget_timer.cancel()
+            ticket.budget_timer = None
+        for attempt in ticket.attempts:
+            if not attempt.pending.future.done():
+                attempt.served.batcher.cancel(attempt.pending)
 
     def abandon(self, ticket: Ticket) -> None:
-        """The client went away: free its place in the queue."""
-        ticket.served.batcher.cancel(ticket.pending)
+        """The client went away: free every place the request holds."""
+        self._settle(ticket)
+        if not ticket.future.done():
+            ticket.future.cancel()
 
+    def response(self, ticket: Ticket) -> InferResponse:
+        """The answer of a ticket whose future has a result."""
+        attempt, outputs = ticket.future.result()
+        served = attempt.served
+        tensors = [OutputTensor(name, served.datatypes[name], outputs[name]) for name in attempt.output_names]
+        parameters: dict[str, Any] = {"served_by": served.label}
+        if attempt.reason is not None:
+            parameters["fallback_reason"] = attempt.reason
+        return InferResponse(served.name, served.version, tensors, ticket.request.id, parameters)
+
+    async def infer(self, request: InferRequest, timeout_ms: float | None = None) -> InferResponse:
+        """Admit, wait, answer; leaving (cancellation) abandons the request."""
+        ticket = self.admit(request, timeout_ms)
+        try:
+            await ticket.future
+        except asyncio.CancelledError:
+            self.abandon(ticket)
+            raise
+        return self.response(ticket)
+
+    # -- lifecycle ------------------------------------------------------------------------------
     async def load_signatures(self) -> None:
         """Ask ready replicas for the signature of every model that lacks one."""
         for served in self.all_served():
@@ -156,5 +287,6 @@ class Router:
             log.info("model %s:%s ready", served.name, served.version)
 
     async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests and wait for queued and in-flight ones (bounded)."""
         self.accepting = False
         await asyncio.gather(*(s.batcher.drain(timeout_s) for s in self.all_served()))

@@ -97,6 +97,8 @@ class LocalSupervisor:
         if fault.delay_ms or fault.error_ratio:
             argv += ["--fault-delay-ms", str(fault.delay_ms), "--fault-error-ratio", str(fault.error_ratio)]
             argv += ["--fault-seed", str(fault.seed)]
+            if fault.models:
+                argv += ["--fault-models", ",".join(fault.models)]
         return argv
 
     def _address(self, index: int) -> str:
@@ -124,7 +126,10 @@ class LocalSupervisor:
         backoff = BACKOFF_START_S
         while not self._stopping:
             worker.process = await asyncio.create_subprocess_exec(
-                *self.command(worker.address, worker.local_path), preexec_fn=_die_with_parent
+                *self.command(worker.address, worker.local_path),
+                preexec_fn=_die_with_parent,
+                # Own session: a terminal's Ctrl-C reaches the gateway, which stops workers last.
+                start_new_session=True,
             )
             self.pool.add(worker.address, worker.local_path)
             log.info(

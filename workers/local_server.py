@@ -42,6 +42,8 @@ class LocalServer:
         os.chmod(path, 0o600)
         self._sock.listen(64)
         self._closed = False
+        self._active = 0
+        self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._accept, name="local-accept", daemon=True)
 
     def start(self) -> None:
@@ -68,7 +70,14 @@ class LocalServer:
                 payload = _recv_exact(conn, size)
                 if payload is None:
                     return
-                conn.sendall(self._handle(payload))
+                with self._idle:
+                    self._active += 1
+                try:
+                    conn.sendall(self._handle(payload))
+                finally:
+                    with self._idle:
+                        self._active -= 1
+                        self._idle.notify_all()
 
     def _handle(self, payload: bytes) -> bytes:
         request = service_pb2.ModelInferRequest()
@@ -84,9 +93,12 @@ class LocalServer:
             return error_frame(failure.code.value[0], failure.message)
         return frame(RESPONSE, response.SerializeToString())
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, then wait (bounded) for requests being computed to be answered."""
         self._closed = True
         self._sock.close()
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=timeout_s)
         try:
             self.path.unlink()
         except OSError:

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fault-delay-ms", type=float, default=0.0, help="add this latency to every batch")
     faults.add_argument("--fault-error-ratio", type=float, default=0.0, help="fail this fraction of batches")
     faults.add_argument("--fault-seed", type=int, default=0)
+    faults.add_argument("--fault-models", default="", help="comma-separated models to affect (default: all)")
     return parser
 
 
@@ -101,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     servicer = WorkerServicer(
         models,
-        faults=Faults(args.fault_delay_ms / 1000, args.fault_error_ratio, args.fault_seed),
+        faults=Faults(
+            args.fault_delay_ms / 1000,
+            args.fault_error_ratio,
+            args.fault_seed,
+            frozenset(m for m in args.fault_models.split(",") if m),
+        ),
         loader=lambda name, version, path: load_model(name, version, path, args.threads, providers, args.spin),
     )
     if servicer.faults.active:
@@ -139,9 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     stop.wait()
-    server.stop(args.drain_timeout).wait()
     if local is not None:
-        local.close()
+        local.close(args.drain_timeout)
+    server.stop(args.drain_timeout).wait()
     log.info("stopped")
     return 0
 

@@ -26,13 +26,18 @@ Loader = Callable[[str, str, Path], LoadedModel]
 class Faults:
     """Injected latency and failures, for tests and chaos runs (off unless asked for)."""
 
-    def __init__(self, delay_s: float = 0.0, error_ratio: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, delay_s: float = 0.0, error_ratio: float = 0.0, seed: int = 0, models: frozenset[str] = frozenset()
+    ) -> None:
         self.delay_s = delay_s
         self.error_ratio = error_ratio
+        self.models = models
         self._random = random.Random(seed)
         self.active = bool(delay_s or error_ratio)
 
-    def apply(self) -> None:
+    def apply(self, model: str) -> None:
+        if self.models and model not in self.models:
+            return
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.error_ratio and self._random.random() < self.error_ratio:
@@ -107,7 +112,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         names = [output.name for output in request.outputs]
         started = time.perf_counter_ns()
         if self.faults.active:
-            self.faults.apply()
+            self.faults.apply(model.name)
         try:
             results = model.run(feeds, names)
         except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors

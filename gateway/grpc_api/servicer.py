@@ -124,13 +124,11 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         try:
             infer_request = v2grpc.decode_request(request)
             remaining = context.time_remaining()
-            timeout_ms = remaining * 1000 if remaining is not None and infer_request.timeout_us is None else None
-            ticket = self.router.admit(infer_request, timeout_ms)
+            timeout_ms = remaining * 1000 if remaining is not None and not infer_request.timeout_us else None
             try:
-                response = await self.router.result(ticket)
+                # Cancellation (client gone or deadline passed) abandons the request inside infer.
+                response = await self.router.infer(infer_request, timeout_ms)
             except asyncio.CancelledError:
-                # The client cancelled or its deadline passed: free the queue slot.
-                self.router.abandon(ticket)
                 code = 499
                 raise
             return v2grpc.encode_response(response)

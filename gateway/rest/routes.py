@@ -21,6 +21,7 @@ from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError, Cancelled, InvalidInput
 from gateway.metrics import Metrics
 from gateway.rest.body import encode, pick_encoding, read_body
+from gateway.router import FALLBACK_HEADER
 
 log = logging.getLogger("batchgate.rest")
 
@@ -152,7 +153,7 @@ class RestAPI:
             if not timeout_ms > 0:
                 raise InvalidInput("x-batchgate-timeout-ms must be positive")
         ticket = self.router.admit(infer_request, timeout_ms)
-        future = ticket.pending.future
+        future = ticket.future
         watcher = asyncio.ensure_future(_disconnected(request.receive))
         try:
             await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -161,9 +162,11 @@ class RestAPI:
         if not future.done():
             self.router.abandon(ticket)
             raise Cancelled("client disconnected")
-        result = await self.router.result(ticket)
+        result = self.router.response(ticket)
         payload, json_length = encode_response(result, infer_request)
         headers = {"x-batchgate-served-by": result.parameters["served_by"]}
+        if "fallback_reason" in result.parameters:
+            headers[FALLBACK_HEADER] = result.parameters["fallback_reason"]
         media_type = JSON
         if json_length is not None:
             headers["Inference-Header-Content-Length"] = str(json_length)

@@ -78,7 +78,8 @@ def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gat
         seed += 1
         try:
             _infer(client, seed)
-        except Exception:
+        except Exception as exc:
+            print("failed:", exc)
             failures += 1
         if (
             gateway.metric("batchgate_worker_restarts_total") >= 1
@@ -140,7 +141,12 @@ def test_missing_repository_says_how_to_build_one(tmp_path: Path) -> None:
 def slow_worker_gateway(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Iterator[GatewayProcess]:
     """One worker that takes 400 ms per batch (fault injection), one batch at a time."""
     root = tmp_path_factory.mktemp("slow") / "models"
-    write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), {})
+    write_model(
+        root,
+        "digits_mlp",
+        (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(),
+        {"slo": {"p99_ms": 5000}},
+    )
     config = {"pools": {"default": {"replicas": 1, "fault": {"delay_ms": 400}}}}
     process = GatewayProcess(root, tmp_path_factory.mktemp("logs") / "slow.log", config=config, replicas=1)
     try:

@@ -1,0 +1,49 @@
+from gateway.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
+from gateway.clock import FakeClock
+
+
+def test_consecutive_failures_eject_then_probe_then_close() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, consecutive_failures=3, base_ejection_s=10)
+    assert not breaker.failure(True) and not breaker.failure(True)
+    breaker.success()  # resets the run
+    assert not breaker.failure(True) and not breaker.failure(True)
+    assert breaker.failure(True) and breaker.state == OPEN
+    assert not breaker.allows(0)
+    clock.advance(10)
+    assert breaker.state == HALF_OPEN
+    assert breaker.allows(0) and not breaker.allows(1)  # one probe at a time
+    breaker.success()
+    assert breaker.state == CLOSED and breaker.allows(5)
+
+
+def test_failed_probe_ejects_for_longer() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, consecutive_failures=1, base_ejection_s=10, max_ejection_s=25)
+    breaker.failure(True)
+    clock.advance(10)
+    assert breaker.state == HALF_OPEN
+    assert breaker.failure(True)  # the probe failed
+    clock.advance(19.9)
+    assert breaker.state == OPEN
+    clock.advance(0.1)
+    assert breaker.state == HALF_OPEN
+    breaker.failure(True)
+    assert breaker.open_until - clock.now() == 25  # capped
+
+
+def test_ejection_can_be_refused_to_keep_capacity() -> None:
+    breaker = CircuitBreaker(FakeClock(), consecutive_failures=1)
+    assert not breaker.failure(may_eject=False)
+    assert breaker.state == CLOSED
+
+
+def test_retry_budget() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(clock, ratio=0.5, min_per_s=1, cap=2)
+    assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+    budget.deposit()
+    budget.deposit()
+    assert budget.withdraw() and not budget.withdraw()
+    clock.advance(1)
+    assert budget.withdraw()
