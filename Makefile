@@ -6,12 +6,13 @@ MODELS ?= models
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck unit bench models clean help
+.PHONY: run test lint typecheck bench models clean help loadtest loadtest-gate
 
 help:
 	@echo "make run    - install, build the demo models, serve on $(HOST):$(PORT)"
 	@echo "make test   - install with test extras, lint, type-check, run the whole suite"
 	@echo "make bench  - benchmark the gateway against raw ONNX Runtime (writes benchmarks/results/)"
+	@echo "make loadtest - locust load test with an SLO verdict (LOADTEST_ARGS=... for longer profiles)"
 	@echo "make clean  - remove the virtual environment and built models"
 
 $(BIN)/python:
@@ -37,14 +38,25 @@ run: $(VENV)/.run-installed $(MODELS)/.built
 	$(BIN)/batchgate serve --model-repository $(MODELS) --host $(HOST) --http-port $(PORT) --log-format text
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check gateway workers tests benchmarks
-	$(BIN)/ruff format --check gateway workers tests benchmarks
+	$(BIN)/ruff check gateway workers tests benchmarks loadtests
+	$(BIN)/ruff format --check gateway workers tests benchmarks loadtests
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+	$(MAKE) loadtest-gate
+
+# The CI gate: every protocol for 15 s at 16 users against the demo SLO, plus the
+# locust-vs-benchmark latency agreement check (about 70 s in all).
+loadtest-gate: $(VENV)/.test-installed
+	$(BIN)/python -m loadtests.run --model-repository $(MODELS) --users 16 --seconds 15 --compare \
+		--out loadtests/reports/gate
+
+# Longer profiles for nightly runs: LOADTEST_ARGS="--shape spike --users 64 --seconds 300"
+loadtest: $(VENV)/.test-installed
+	$(BIN)/python -m loadtests.run --model-repository $(MODELS) $(LOADTEST_ARGS)
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks

@@ -65,6 +65,15 @@ def _worker(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _loadtest(argv: Sequence[str]) -> int:
+    try:
+        from loadtests.run import main
+    except ImportError as exc:
+        print(f"batchgate loadtest runs from a batchgate checkout with the 'loadtest' extra: {exc}", file=sys.stderr)
+        return 2
+    return main(list(argv))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import build_demo
 
@@ -88,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     commands.add_parser("worker", help="run one worker process (see: batchgate worker --help)", add_help=False)
+    commands.add_parser(
+        "loadtest", help="locust load test with an SLO verdict (see: batchgate loadtest --help)", add_help=False
+    )
 
     models = commands.add_parser("models", help="model repository tools")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -101,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "worker":
         return _worker(argv[1:])
+    if argv and argv[0] == "loadtest":
+        return _loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.handler(args)
     return result

@@ -90,6 +90,7 @@ class DataPlane:
             "max_batch_size": batching.max_batch_size,
             "input": tensors(served.signature.inputs),
             "output": tensors(served.signature.outputs),
+            "parameters": {"slo_p99_ms": {"string_value": f"{served.config.slo.p99_ms:g}"}},
         }
         if batched:
             config["dynamic_batching"] = {

@@ -1,0 +1,1 @@
+"""Locust load tests with SLO verdicts (``batchgate loadtest``)."""

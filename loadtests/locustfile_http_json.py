@@ -1,0 +1,32 @@
+"""v2 HTTP with JSON tensors, through locust's own HTTP client."""
+
+from __future__ import annotations
+
+from locust import HttpUser, task
+
+from loadtests.common import ConfiguredShape, digits_batch, think_time
+
+__all__ = ["ConfiguredShape", "JSONUser"]
+
+
+class JSONUser(HttpUser):
+    """Sends JSON inference requests and checks the answer has as many labels as rows."""
+
+    wait_time = think_time
+
+    @task
+    def infer(self) -> None:
+        options = self.environment.parsed_options
+        batch = digits_batch(options.max_rows)
+        body = {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": list(batch.shape), "data": batch.reshape(-1).tolist()}
+            ]
+        }
+        with self.client.post(
+            f"/v2/models/{options.model}/infer", json=body, name="infer json", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif len(response.json()["outputs"][0]["data"]) != batch.shape[0]:
+                response.failure("wrong number of rows in the answer")
