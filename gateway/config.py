@@ -109,6 +109,14 @@ class FaultConfig(_Frozen):
     models: tuple[str, ...] = Field((), description="Only these models misbehave; empty = every model.")
 
 
+class KubernetesDiscovery(_Frozen):
+    """Find the pool's workers from the EndpointSlices of a headless Service."""
+
+    service: str = Field(description="Headless Service in front of the worker pods.")
+    namespace: str | None = Field(None, description="Its namespace; default: the gateway's own.")
+    port: int = Field(9000, ge=1, le=65535, description="Worker gRPC port.")
+
+
 class PoolConfig(_Frozen):
     """A pool of worker replicas: local processes, or given endpoints of v2 gRPC servers."""
 
@@ -126,6 +134,9 @@ class PoolConfig(_Frozen):
         (), description="Existing v2 gRPC servers (host:port or unix:path); no local processes then."
     )
     transport: Literal["unix", "tcp"] = Field("unix", description="How local workers listen.")
+    discovery: KubernetesDiscovery | None = Field(
+        None, description="Watch a headless Service's EndpointSlices for workers (no local processes then)."
+    )
     fault: FaultConfig = Field(default_factory=FaultConfig, description="Fault injection (tests, chaos).")
     local_fast_path: bool = Field(
         True, description="Send batches to local unix-socket workers over framed protobuf instead of gRPC."
@@ -151,6 +162,46 @@ class GRPCConfig(_Frozen):
     )
 
 
+class ScalingPolicy(_Frozen):
+    """How the controller sizes one pool (DESIGN §7)."""
+
+    min_replicas: int = Field(1, ge=0, description="Never fewer replicas.")
+    max_replicas: int = Field(8, ge=1, description="Never more replicas.")
+    target_concurrency: float = Field(8.0, gt=0, description="In-flight requests one replica should carry.")
+    slo_p99_ms: float | None = Field(None, gt=0, description="p99 target; default: the pool's strictest model SLO.")
+    stable_window_s: float = Field(60.0, gt=0, description="Averaging window for normal decisions and scale-down.")
+    panic_window_s: float = Field(6.0, gt=0, description="Short window that reacts to bursts.")
+    panic_threshold: float = Field(2.0, gt=1, description="Panic when the short window wants this many times more.")
+    max_step_up: int = Field(4, ge=1, description="Most replicas added per decision.")
+    max_step_down: int = Field(1, ge=1, description="Most replicas removed per decision.")
+    scale_down_delay_s: float = Field(60.0, ge=0, description="Wanted fewer for this long before removing any.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ScalingPolicy:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class KubernetesTarget(_Frozen):
+    """The worker Deployment whose scale subresource sizes a pool."""
+
+    deployment: str = Field(description="Deployment name.")
+    namespace: str | None = Field(None, description="Its namespace; default: the controller's own.")
+
+
+class AutoscalerConfig(_Frozen):
+    """The controller: where it reads signals and how it acts."""
+
+    enabled: bool = Field(True, description="Run the controller inside batchgate serve.")
+    backend: Literal["local", "kubernetes", "dry-run"] = Field("local", description="What a decision changes.")
+    source: Literal["gateway", "prometheus"] = Field("gateway", description="Where the signals come from.")
+    prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus HTTP API for source: prometheus.")
+    interval_s: float = Field(2.0, gt=0, description="Seconds between decisions.")
+    policies: dict[str, ScalingPolicy] = Field(default_factory=dict, description="Policy per pool name.")
+    kubernetes: dict[str, KubernetesTarget] = Field(default_factory=dict, description="Deployment per pool name.")
+
+
 class ServerConfig(_Frozen):
     """Top-level ``batchgate.yaml``."""
 
@@ -160,6 +211,7 @@ class ServerConfig(_Frozen):
     pools: dict[str, PoolConfig] = Field(
         default_factory=lambda: {"default": PoolConfig()}, description="Worker pools by name; models pick one."
     )
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig, description="Replica controller.")
     drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
 
@@ -251,10 +303,14 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
         nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if nested is None and name == "fallback":
             nested = FallbackConfig
-        if nested is None and name == "pools":
-            rows.append(f"| `{prefix}pools` | `{{default: {{}}}}` | {field.description} |")
-            rows.extend(_reference_rows(PoolConfig, f"{prefix}pools.<name>."))
+        mapping = {"pools": PoolConfig, "policies": ScalingPolicy, "kubernetes": KubernetesTarget}.get(name)
+        if nested is None and mapping is not None:
+            shown_default = "{default: {}}" if name == "pools" else "{}"
+            rows.append(f"| `{prefix}{name}` | `{shown_default}` | {field.description} |")
+            rows.extend(_reference_rows(mapping, f"{prefix}{name}.<pool>."))
             continue
+        if nested is None and name == "discovery":
+            nested = KubernetesDiscovery
         if nested is not None:
             rows.extend(_reference_rows(nested, f"{prefix}{name}."))
             continue

@@ -13,6 +13,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from workers.local_server import LocalServer
@@ -125,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    # grpc.health.v1 for Kubernetes probes: SERVING once the models are loaded, NOT_SERVING while draining.
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     if server.add_insecure_port(args.listen) == 0 and not args.listen.startswith("unix:"):
         log.error("cannot listen on %s", args.listen)
         return 1
@@ -140,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: draining", signum)
         servicer.ready = False
+        health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
