@@ -44,7 +44,12 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
-test: lint typecheck
+# checkov has a large dependency tree of its own: it lives in its own environment.
+.tools/checkov/bin/checkov:
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install --quiet 'checkov==3.3.30'
+
+test: lint typecheck .tools/checkov/bin/checkov
 	$(BIN)/python -m pytest
 	$(MAKE) loadtest-gate
 
@@ -62,4 +67,4 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(MODELS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools $(MODELS) .pytest_cache .mypy_cache .ruff_cache

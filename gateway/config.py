@@ -303,7 +303,12 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
         nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if nested is None and name == "fallback":
             nested = FallbackConfig
-        mapping = {"pools": PoolConfig, "policies": ScalingPolicy, "kubernetes": KubernetesTarget}.get(name)
+        mappings: dict[str, type[BaseModel]] = {
+            "pools": PoolConfig,
+            "policies": ScalingPolicy,
+            "kubernetes": KubernetesTarget,
+        }
+        mapping = mappings.get(name)
         if nested is None and mapping is not None:
             shown_default = "{default: {}}" if name == "pools" else "{}"
             rows.append(f"| `{prefix}{name}` | `{shown_default}` | {field.description} |")
