@@ -6,7 +6,7 @@ MODELS ?= models
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck bench models clean help loadtest loadtest-gate
+.PHONY: run test lint typecheck bench models clean help loadtest loadtest-gate system-deps
 
 help:
 	@echo "make run    - install, build the demo models, serve on $(HOST):$(PORT)"
@@ -49,7 +49,14 @@ typecheck: $(VENV)/.test-installed
 	$(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/python -m pip install --quiet 'checkov==3.3.30'
 
-test: lint typecheck .tools/checkov/bin/checkov
+# System packages the tests need: Debian's prometheus (a real server for the Prometheus source).
+system-deps:
+	@command -v prometheus >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+		else echo "run: sudo apt-get install prometheus (needed by the Prometheus tests)"; exit 1; fi; }
+
+test: lint typecheck system-deps .tools/checkov/bin/checkov
 	$(BIN)/python -m pytest
 	$(MAKE) loadtest-gate
 

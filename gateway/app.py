@@ -14,8 +14,12 @@ from pathlib import Path
 import grpc.aio
 from starlette.applications import Starlette
 
+from gateway.autoscaler.controller import Controller
+from gateway.autoscaler.kube import EndpointSliceWatcher, api_client, own_namespace
+from gateway.autoscaler.scalers import DryRunScaler, LocalScaler, Scaler
+from gateway.autoscaler.signals import GatewaySource
 from gateway.clock import Clock, MonotonicClock
-from gateway.config import ServerConfig
+from gateway.config import KubernetesDiscovery, ServerConfig
 from gateway.dataplane import DataPlane
 from gateway.grpc_api.servicer import GRPCFront, build_server
 from gateway.lifecycle import ModelManager
@@ -53,6 +57,8 @@ class Gateway:
         self.app: Starlette = build_app(self.rest, lifespan=self._lifespan)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
+        self.controller: Controller | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _on_ready_change(self, pool: PoolClient) -> None:
         self.metrics.replicas_ready.labels(pool.name).set(pool.ready_count())
@@ -74,6 +80,8 @@ class Gateway:
                 for address in pool_config.endpoints:
                     pool.add(address)
                 self.metrics.replicas.labels(name).set(len(pool_config.endpoints))
+            elif pool_config.discovery is not None:
+                self._tasks.append(spawn(self._discover(pool, pool_config.discovery), name=f"discovery-{name}"))
             else:
                 supervisor = LocalSupervisor(
                     pool,
@@ -86,11 +94,53 @@ class Gateway:
                 self.supervisors.append(supervisor)
                 await supervisor.start()
             pool.start()
+        self._tasks.append(spawn(self._sweep_clients(), name="clients"))
+        if self.config.autoscaler.enabled:
+            self.controller = self._embedded_controller()
+            self._tasks.append(spawn(self.controller.run(), name="autoscaler"))
         if self.config.grpc.enabled:
             self.grpc_server, self.grpc_port = await build_server(
                 GRPCFront(self.dataplane, self.metrics), self.config.grpc, self.config.http.host
             )
             log.info("gRPC front listening on %s:%d", self.config.grpc.host or self.config.http.host, self.grpc_port)
+
+    def _embedded_controller(self) -> Controller:
+        """The controller inside serve: this gateway's own signals, local processes (or dry run)."""
+        config = self.config.autoscaler
+        local = {s.pool.name: s for s in self.supervisors}
+        scaler: Scaler
+        if config.backend == "local":
+            scaler = LocalScaler(local, self.config.drain_timeout_s)
+            pools = list(local)
+        else:
+            scaler = DryRunScaler({name: len(pool.replicas) for name, pool in self.pools.items()})
+            pools = list(self.pools)
+        slos = {name: self.manager.pool_slo_s(name) for name in pools}
+        source = GatewaySource(lambda pool: self.pools[pool].load, self.router.queue_depth)
+        return Controller(config, slos, source, scaler, self.metrics, self.clock)
+
+    async def _discover(self, pool: PoolClient, discovery: KubernetesDiscovery) -> None:
+        api = await api_client(discovery.api_url)
+        namespace = discovery.namespace or own_namespace()
+
+        def on_change(addresses: set[str]) -> None:
+            for address in addresses - set(pool.replicas):
+                pool.add(address)
+            for address in set(pool.replicas) - addresses:
+                spawn(pool.remove(address), name=f"remove-{address}")
+            self.metrics.replicas.labels(pool.name).set(len(addresses))
+
+        watcher = EndpointSliceWatcher(api, discovery.service, namespace, discovery.port, on_change)
+        try:
+            await watcher.run()
+        finally:
+            await api.close()
+
+    async def _sweep_clients(self) -> None:
+        while True:
+            for name, pool in self.pools.items():
+                self.metrics.active_clients.labels(name).set(pool.load.clients(60.0))
+            await asyncio.sleep(5.0)
 
     async def drain(self) -> None:
         """Stop being ready, refuse new requests, and wait for the admitted ones to finish."""
@@ -100,6 +150,9 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.router.drain(self.config.drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         for served in self.router.all_served():

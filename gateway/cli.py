@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     commands.add_parser("worker", help="run one worker process (see: batchgate worker --help)", add_help=False)
+    commands.add_parser("controller", help="the autoscaling controller as its own process", add_help=False)
     commands.add_parser(
         "loadtest", help="locust load test with an SLO verdict (see: batchgate loadtest --help)", add_help=False
     )
@@ -115,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(argv[1:])
     if argv and argv[0] == "loadtest":
         return _loadtest(argv[1:])
+    if argv and argv[0] == "controller":
+        from gateway.autoscaler.standalone import main as controller_main
+
+        return controller_main(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.handler(args)
     return result

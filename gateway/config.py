@@ -115,6 +115,7 @@ class KubernetesDiscovery(_Frozen):
     service: str = Field(description="Headless Service in front of the worker pods.")
     namespace: str | None = Field(None, description="Its namespace; default: the gateway's own.")
     port: int = Field(9000, ge=1, le=65535, description="Worker gRPC port.")
+    api_url: str | None = Field(None, description="API server URL; empty = in-cluster, then kubeconfig.")
 
 
 class PoolConfig(_Frozen):
@@ -188,6 +189,7 @@ class KubernetesTarget(_Frozen):
 
     deployment: str = Field(description="Deployment name.")
     namespace: str | None = Field(None, description="Its namespace; default: the controller's own.")
+    api_url: str | None = Field(None, description="API server URL; empty = in-cluster, then kubeconfig.")
 
 
 class AutoscalerConfig(_Frozen):

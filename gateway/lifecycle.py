@@ -62,6 +62,11 @@ class ModelManager:
         self.models[model.name] = model
         return served
 
+    def pool_slo_s(self, pool_name: str) -> float:
+        """The strictest SLO p99 among the pool's models (seconds)."""
+        slos = [m.config.slo.p99_ms for m in self.models.values() if m.config.pool == pool_name]
+        return min(slos, default=100.0) / 1000
+
     def pool_models(self, pool_name: str) -> list[ModelVersion]:
         """The model files a (re)started worker of this pool must load."""
         return [ModelVersion(s.name, s.version, s.path) for s in self.router.all_served() if s.pool.name == pool_name]

@@ -87,6 +87,9 @@ class Metrics:
         self.desired_replicas = Gauge(
             "batchgate_desired_replicas", "Replicas the autoscaler wants.", ["pool"], registry=r
         )
+        self.active_clients = Gauge(
+            "batchgate_active_clients", "Distinct clients seen in the last minute.", ["pool"], registry=r
+        )
         self.worker_restarts = Counter(
             "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
         )

@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.autoscaler.signals import LoadTracker
 from gateway.circuit import OPEN, CircuitBreaker, RetryBudget
 from gateway.clock import Clock, MonotonicClock
 from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
@@ -134,6 +135,7 @@ class PoolClient:
         self.metrics = metrics
         self.max_ejected_ratio = max_ejected_ratio
         self.retry_budget = RetryBudget(self.clock)
+        self.load = LoadTracker(self.clock)
         self.inflight_per_replica = inflight_per_replica
         self.health_interval_s = health_interval_s
         self.replicas: dict[str, Replica] = {}

@@ -136,6 +136,10 @@ class Router:
     def ready(self) -> bool:
         return self.accepting and all(served.ready for served in self.all_served())
 
+    def queue_depth(self, pool: str) -> int:
+        """Requests queued for every model version the pool serves."""
+        return sum(len(s.batcher.queue) for s in self.all_served() if s.pool.name == pool)
+
     # -- admission --------------------------------------------------------------------------
     def admit(self, request: InferRequest, timeout_ms: float | None = None) -> Ticket:
         """Queue the request (on its fallback if the primary cannot take it); raises when nothing can."""
@@ -161,6 +165,9 @@ class Router:
             primary.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
             if not self._fall_back(ticket, primary, exc):
                 raise
+        load = primary.pool.load
+        load.admitted(request.client)
+        ticket.future.add_done_callback(lambda _: load.finished((time.perf_counter_ns() - ticket.admitted_ns) / 1e9))
         fallback = primary.config.fallback
         if fallback is not None and fallback.primary_budget_ms and "timeout" in fallback.on and ticket.attempts:
             ticket.budget_timer = asyncio.get_running_loop().call_later(

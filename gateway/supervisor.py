@@ -59,6 +59,7 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.task: asyncio.Task[None] | None = None
+        self.retiring = False
 
 
 class LocalSupervisor:
@@ -140,7 +141,7 @@ class LocalSupervisor:
                 worker.address,
             )
             code = await worker.process.wait()
-            if self._stopping:
+            if self._stopping or worker.retiring:
                 return
             replica = self.pool.replicas.get(worker.address)
             if replica is not None:
@@ -152,6 +153,36 @@ class LocalSupervisor:
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def scale_to(self, replicas: int, drain_timeout_s: float = 30.0) -> None:
+        """Start or retire workers until ``replicas`` run; retiring ones drain first."""
+        while len(self.workers) < replicas:
+            self.add_worker()
+        while len(self.workers) > replicas:
+            index = max(self.workers)
+            await self.retire(self.workers.pop(index), drain_timeout_s)
+        self.metrics.replicas.labels(self.pool.name).set(len(self.workers))
+
+    async def retire(self, worker: WorkerProcess, drain_timeout_s: float) -> None:
+        """No new batches, wait for the outstanding ones, then SIGTERM (the worker drains too)."""
+        worker.retiring = True
+        try:
+            await asyncio.wait_for(self.pool.remove(worker.address), drain_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "pool %s: worker %d still busy after %.0fs; stopping it", self.pool.name, worker.index, drain_timeout_s
+            )
+        process = worker.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), drain_timeout_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if worker.task is not None:
+            await asyncio.gather(worker.task, return_exceptions=True)
+        log.info("pool %s: retired worker %d", self.pool.name, worker.index)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every worker (they drain), SIGKILL what is left after ``timeout_s``."""

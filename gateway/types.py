@@ -43,6 +43,7 @@ class InferRequest:
     priority: int = 0
     timeout_us: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    client: str | None = None  # x-client-id, or the peer address: counts distinct active clients
 
 
 @dataclass(slots=True)

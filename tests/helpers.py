@@ -102,6 +102,8 @@ class GatewayProcess:
             "--replicas",
             str(replicas),
         ]
+        # Tests pin the replica count unless they are about autoscaling.
+        config = {"autoscaler": {"enabled": False}, **(config or {})}
         if config is not None:
             self.config_path = log_path.with_suffix(".yaml")
             self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -123,6 +123,8 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         gauge.inc()
         try:
             infer_request = v2grpc.decode_request(request)
+            metadata = dict(context.invocation_metadata() or ())
+            infer_request.client = str(metadata.get("x-client-id") or context.peer().rsplit(":", 1)[0])
             remaining = context.time_remaining()
             timeout_ms = remaining * 1000 if remaining is not None and not infer_request.timeout_us else None
             try:

@@ -143,6 +143,8 @@ class RestAPI:
             except ValueError:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
         infer_request = decode_request(model, version, body, length)
+        peer = request.client
+        infer_request.client = request.headers.get("x-client-id") or (peer.host if peer else None)
         timeout_ms = None
         timeout_header = request.headers.get("x-batchgate-timeout-ms")
         if timeout_header is not None:
