@@ -90,10 +90,10 @@ class FakeCluster:
             if ns == namespace and all(doc["metadata"]["labels"].get(k) == v for k, v in wanted.items())
         ]
 
-    async def wait_change(self, timeout: float) -> None:
+    async def wait_change(self, within_s: float) -> None:
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                await asyncio.wait_for(self._changed.wait(), within_s)
             except TimeoutError:
                 pass
 
@@ -144,9 +144,9 @@ def build_app(cluster: FakeCluster) -> Starlette:
             "metadata": {"resourceVersion": str(cluster.version)}, "items": cluster.matching(namespace, selector),
         })
 
-    async def _watch(namespace: str, selector: str | None, since: int, timeout: float) -> AsyncIterator[bytes]:
+    async def _watch(namespace: str, selector: str | None, since: int, lasting_s: float) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        end = loop.time() + lasting_s
         sent = since
         while loop.time() < end:
             for version, kind, doc in list(cluster.events):

@@ -77,7 +77,8 @@ def _quantile(q: float, buckets: dict[float, float]) -> float:
         if buckets[bound] >= rank:
             if bound == float("inf"):
                 return previous_bound
-            return previous_bound + (bound - previous_bound) * (rank - previous_count) / (buckets[bound] - previous_count)
+            share = (rank - previous_count) / (buckets[bound] - previous_count)
+            return previous_bound + (bound - previous_bound) * share
         previous_bound, previous_count = bound, buckets[bound]
     return bounds[-1]
 
