@@ -31,8 +31,15 @@ from starlette.routing import Route
 
 
 def status(code: int, reason: str, message: str) -> JSONResponse:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return JSONResponse(body, status_code=code)
 
 
@@ -57,9 +64,14 @@ class FakeCluster:
     def scale_doc(self, namespace: str, name: str) -> dict[str, Any]:
         item = self.scales[(namespace, name)]
         return {
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {"name": name, "namespace": namespace, "resourceVersion": item["resourceVersion"],
-                         "uid": f"uid-{namespace}-{name}"},
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "resourceVersion": item["resourceVersion"],
+                "uid": f"uid-{namespace}-{name}",
+            },
             "spec": {"replicas": item["spec"]},
             "status": {"replicas": item["status"], "selector": f"app={name}"},
         }
@@ -73,10 +85,17 @@ class FakeCluster:
         endpoints = [{"addresses": [ip], "conditions": {"ready": True}} for ip in ready]
         endpoints += [{"addresses": [ip], "conditions": {"ready": False}} for ip in not_ready]
         doc = {
-            "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "addressType": "IPv4",
-            "metadata": {"name": name, "namespace": namespace, "resourceVersion": self.bump(),
-                         "labels": {"kubernetes.io/service-name": service}},
-            "endpoints": endpoints, "ports": [{"name": "grpc", "port": 9000, "protocol": "TCP"}],
+            "kind": "EndpointSlice",
+            "apiVersion": "discovery.k8s.io/v1",
+            "addressType": "IPv4",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "resourceVersion": self.bump(),
+                "labels": {"kubernetes.io/service-name": service},
+            },
+            "endpoints": endpoints,
+            "ports": [{"name": "grpc", "port": 9000, "protocol": "TCP"}],
         }
         self.slices[(namespace, name)] = doc
         async with self._changed:
@@ -86,7 +105,8 @@ class FakeCluster:
     def matching(self, namespace: str, selector: str | None) -> list[dict[str, Any]]:
         wanted = dict(part.split("=", 1) for part in selector.split(",")) if selector else {}
         return [
-            doc for (ns, _), doc in sorted(self.slices.items())
+            doc
+            for (ns, _), doc in sorted(self.slices.items())
             if ns == namespace and all(doc["metadata"]["labels"].get(k) == v for k, v in wanted.items())
         ]
 
@@ -107,9 +127,13 @@ def build_app(cluster: FakeCluster) -> Starlette:
 
     async def _scale(request: Request, namespace: str, name: str) -> Response:
         if name in cluster.forbidden:
-            return status(403, "Forbidden", f'deployments.apps "{name}" is forbidden: User '
-                          f'"system:serviceaccount:{namespace}:batchgate-controller" cannot '
-                          f'{request.method.lower()} resource "deployments/scale" in API group "apps"')
+            return status(
+                403,
+                "Forbidden",
+                f'deployments.apps "{name}" is forbidden: User '
+                f'"system:serviceaccount:{namespace}:batchgate-controller" cannot '
+                f'{request.method.lower()} resource "deployments/scale" in API group "apps"',
+            )
         if (namespace, name) not in cluster.scales:
             return status(404, "NotFound", f'deployments.apps "{name}" not found')
         if request.method == "GET":
@@ -121,12 +145,20 @@ def build_app(cluster: FakeCluster) -> Starlette:
             item["resourceVersion"] = cluster.bump()  # someone else wrote it just now
         sent_version = body.get("metadata", {}).get("resourceVersion")
         if sent_version and sent_version != item["resourceVersion"]:
-            return status(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{name}": the object '
-                          "has been modified; please apply your changes to the latest version and try again")
+            return status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on deployments.apps "{name}": the object '
+                "has been modified; please apply your changes to the latest version and try again",
+            )
         replicas = body.get("spec", {}).get("replicas", item["spec"])
         if not isinstance(replicas, int) or replicas < 0:
-            return status(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
-                          f"{replicas}: must be greater than or equal to 0")
+            return status(
+                422,
+                "Invalid",
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                f"{replicas}: must be greater than or equal to 0",
+            )
         item.update(spec=replicas, status=replicas, resourceVersion=cluster.bump())
         return JSONResponse(cluster.scale_doc(namespace, name))
 
@@ -139,10 +171,14 @@ def build_app(cluster: FakeCluster) -> Starlette:
             cluster.calls.append(("WATCH", request.url.path, 200))
             return StreamingResponse(_watch(namespace, selector, since, timeout), media_type="application/json")
         cluster.calls.append(("LIST", request.url.path, 200))
-        return JSONResponse({
-            "kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
-            "metadata": {"resourceVersion": str(cluster.version)}, "items": cluster.matching(namespace, selector),
-        })
+        return JSONResponse(
+            {
+                "kind": "EndpointSliceList",
+                "apiVersion": "discovery.k8s.io/v1",
+                "metadata": {"resourceVersion": str(cluster.version)},
+                "items": cluster.matching(namespace, selector),
+            }
+        )
 
     async def _watch(namespace: str, selector: str | None, since: int, lasting_s: float) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -157,8 +193,9 @@ def build_app(cluster: FakeCluster) -> Starlette:
 
     async def fake_slice(request: Request) -> Response:
         doc = await request.json()
-        await cluster.set_slice(doc["namespace"], doc["name"], doc["service"], doc.get("ready", []),
-                                doc.get("not_ready", []))
+        await cluster.set_slice(
+            doc["namespace"], doc["name"], doc["service"], doc.get("ready", []), doc.get("not_ready", [])
+        )
         return JSONResponse({"ok": True})
 
     async def fake_scale(request: Request) -> Response:
@@ -166,12 +203,16 @@ def build_app(cluster: FakeCluster) -> Starlette:
         cluster.set_scale(doc["namespace"], doc["name"], doc["replicas"])
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
-        Route("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", scale, methods=["GET", "PATCH", "PUT"]),
-        Route("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices", slices, methods=["GET"]),
-        Route("/_fake/endpointslice", fake_slice, methods=["POST"]),
-        Route("/_fake/scale", fake_scale, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route(
+                "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", scale, methods=["GET", "PATCH", "PUT"]
+            ),
+            Route("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices", slices, methods=["GET"]),
+            Route("/_fake/endpointslice", fake_slice, methods=["POST"]),
+            Route("/_fake/scale", fake_scale, methods=["POST"]),
+        ]
+    )
 
 
 def main() -> None:

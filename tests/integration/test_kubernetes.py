@@ -36,8 +36,11 @@ class FakeAPI:
     def __init__(self) -> None:
         self.cluster = FakeCluster()
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(self.cluster), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self.cluster), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -45,8 +48,9 @@ class FakeAPI:
         return f"http://127.0.0.1:{self.port}"
 
     def post(self, path: str, doc: dict[str, object]) -> None:
-        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(doc).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=json.dumps(doc).encode(), headers={"Content-Type": "application/json"}
+        )
         urllib.request.urlopen(request, timeout=5).read()
 
 
@@ -114,7 +118,8 @@ def test_invalid_replicas_get_a_422_status(api: FakeAPI) -> None:
         client = await api_client(api.url)
         try:
             await kclient.AppsV1Api(client).patch_namespaced_deployment_scale(
-                "batchgate-workers", NS, {"spec": {"replicas": -1}})
+                "batchgate-workers", NS, {"spec": {"replicas": -1}}
+            )
         except ApiException as exc:
             return exc
         finally:
@@ -153,17 +158,34 @@ def test_endpointslice_watch_follows_ready_workers(api: FakeAPI) -> None:
         task = asyncio.ensure_future(watcher.run())
         try:
             await _until(lambda: len(seen) >= 1)
-            await asyncio.to_thread(api.post, "/_fake/endpointslice", {
-                "namespace": NS, "name": "w-1", "service": "batchgate-workers", "ready": ["10.0.0.1", "10.0.0.2"],
-                "not_ready": ["10.0.0.3"]})
+            await asyncio.to_thread(
+                api.post,
+                "/_fake/endpointslice",
+                {
+                    "namespace": NS,
+                    "name": "w-1",
+                    "service": "batchgate-workers",
+                    "ready": ["10.0.0.1", "10.0.0.2"],
+                    "not_ready": ["10.0.0.3"],
+                },
+            )
             await _until(lambda: seen[-1] == {"10.0.0.1:9000", "10.0.0.2:9000"})
-            await asyncio.to_thread(api.post, "/_fake/endpointslice", {
-                "namespace": NS, "name": "w-1", "service": "batchgate-workers", "ready": ["10.0.0.2"]})
+            await asyncio.to_thread(
+                api.post,
+                "/_fake/endpointslice",
+                {"namespace": NS, "name": "w-1", "service": "batchgate-workers", "ready": ["10.0.0.2"]},
+            )
             await _until(lambda: seen[-1] == {"10.0.0.2:9000"})
-            await asyncio.to_thread(api.post, "/_fake/endpointslice", {
-                "namespace": NS, "name": "other", "service": "something-else", "ready": ["10.9.9.9"]})
-            await asyncio.to_thread(api.post, "/_fake/endpointslice", {
-                "namespace": NS, "name": "w-2", "service": "batchgate-workers", "ready": ["10.0.0.4"]})
+            await asyncio.to_thread(
+                api.post,
+                "/_fake/endpointslice",
+                {"namespace": NS, "name": "other", "service": "something-else", "ready": ["10.9.9.9"]},
+            )
+            await asyncio.to_thread(
+                api.post,
+                "/_fake/endpointslice",
+                {"namespace": NS, "name": "w-2", "service": "batchgate-workers", "ready": ["10.0.0.4"]},
+            )
             await _until(lambda: seen[-1] == {"10.0.0.2:9000", "10.0.0.4:9000"})  # the foreign slice never shows
         finally:
             task.cancel()
@@ -182,20 +204,28 @@ async def _until(condition: object, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_gateway_discovers_its_workers_from_endpointslices(api: FakeAPI, tmp_path: Path,
-                                                           demo_repository: Path) -> None:
+def test_gateway_discovers_its_workers_from_endpointslices(api: FakeAPI, tmp_path: Path, demo_repository: Path) -> None:
     """A worker on a loopback TCP port, announced only through an EndpointSlice."""
     root = tmp_path / "models"
     model = write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), {})
     port = free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "workers", "--listen", f"127.0.0.1:{port}", "--model",
-                               f"digits_mlp=1:{model}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers", "--listen", f"127.0.0.1:{port}", "--model", f"digits_mlp=1:{model}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     discovery = {"service": "batchgate-workers", "namespace": NS, "port": port, "api_url": api.url}
-    gateway = GatewayProcess(root, tmp_path / "gateway.log",
-                             config={"pools": {"default": {"replicas": 0, "discovery": discovery}}}, replicas=0)
+    gateway = GatewayProcess(
+        root,
+        tmp_path / "gateway.log",
+        config={"pools": {"default": {"replicas": 0, "discovery": discovery}}},
+        replicas=0,
+    )
     try:
-        api.post("/_fake/endpointslice", {"namespace": NS, "name": "w", "service": "batchgate-workers",
-                                          "ready": ["127.0.0.1"]})
+        api.post(
+            "/_fake/endpointslice",
+            {"namespace": NS, "name": "w", "service": "batchgate-workers", "ready": ["127.0.0.1"]},
+        )
         gateway.wait_ready()
         client = httpclient.InferenceServerClient(gateway.url)
         tensor = httpclient.InferInput("input", [1, 64], "FP32")

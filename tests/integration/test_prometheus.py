@@ -39,8 +39,12 @@ def _prometheus_binary() -> str:
 @pytest.fixture
 def two_gateways(tmp_path: Path, demo_repository: Path) -> Iterator[list[GatewayProcess]]:
     root = tmp_path / "models"
-    write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(),
-                {"slo": {"p99_ms": 2000}})
+    write_model(
+        root,
+        "digits_mlp",
+        (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(),
+        {"slo": {"p99_ms": 2000}},
+    )
     config = {"pools": {"default": {"replicas": 1, "fault": {"delay_ms": 20}}}}
     gateways = [GatewayProcess(root, tmp_path / f"gateway{i}.log", config=config, replicas=1) for i in range(2)]
     try:
@@ -86,13 +90,21 @@ def _quantile(q: float, buckets: dict[float, float]) -> float:
 def test_prometheus_readings_match_the_gateways_own(two_gateways: list[GatewayProcess], tmp_path: Path) -> None:
     binary = _prometheus_binary()
     port = free_port()
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": "batchgate", "static_configs": [
-                  {"targets": [g.url for g in two_gateways]}]}]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "batchgate", "static_configs": [{"targets": [g.url for g in two_gateways]}]}],
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prometheus = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -105,8 +117,12 @@ def test_prometheus_readings_match_the_gateways_own(two_gateways: list[GatewayPr
             time.sleep(0.2)
 
         duration = WINDOW_S + 10
-        loads = [threading.Thread(target=closed_loop, args=(g.port, "/v2/models/digits_mlp/infer", BODY,
-                                                             USERS_PER_GATEWAY, duration)) for g in two_gateways]
+        loads = [
+            threading.Thread(
+                target=closed_loop, args=(g.port, "/v2/models/digits_mlp/infer", BODY, USERS_PER_GATEWAY, duration)
+            )
+            for g in two_gateways
+        ]
         for thread in loads:
             thread.start()
         time.sleep(duration - WINDOW_S - 2)  # let the load settle, then open the comparison window
@@ -132,9 +148,11 @@ def test_prometheus_readings_match_the_gateways_own(two_gateways: list[GatewayPr
     own_p99 = _quantile(0.99, merged)
     # Little's law on the gateways' own histograms: summed request time per second = mean in-flight requests.
     own_concurrency = sum(a[1] - b[1] for a, b in zip(after, before, strict=True)) / elapsed
-    print(f"concurrency: Prometheus {signals.concurrency_stable:.2f} vs gateways {own_concurrency:.2f}; "
-          f"p99: Prometheus {signals.p99_s and signals.p99_s * 1000:.1f} ms vs gateways {own_p99 * 1000:.1f} ms; "
-          f"throughput {signals.throughput:.0f}/s")
+    print(
+        f"concurrency: Prometheus {signals.concurrency_stable:.2f} vs gateways {own_concurrency:.2f}; "
+        f"p99: Prometheus {signals.p99_s and signals.p99_s * 1000:.1f} ms vs gateways {own_p99 * 1000:.1f} ms; "
+        f"throughput {signals.throughput:.0f}/s"
+    )
     assert signals.p99_s is not None
     assert abs(signals.concurrency_stable - own_concurrency) <= 0.25 * own_concurrency
     assert abs(signals.p99_s - own_p99) <= 0.25 * own_p99
@@ -145,22 +163,51 @@ def test_standalone_controller_decides_from_prometheus(tmp_path: Path, demo_repo
     """``batchgate controller`` (dry-run) comes up, reads Prometheus and logs decisions."""
     binary = _prometheus_binary()
     port, metrics_port = free_port(), free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"},
-                                                             "scrape_configs": []}))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": []})
+    )
     prometheus = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     root = tmp_path / "models"
     write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), {})
     config = tmp_path / "batchgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_repository": str(root),
-        "autoscaler": {"backend": "dry-run", "source": "prometheus", "interval_s": 0.5,
-                       "prometheus_url": f"http://127.0.0.1:{port}"},
-    }))
-    controller = subprocess.Popen([sys.executable, "-m", "gateway", "controller", "--config", str(config),
-                                   "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_repository": str(root),
+                "autoscaler": {
+                    "backend": "dry-run",
+                    "source": "prometheus",
+                    "interval_s": 0.5,
+                    "prometheus_url": f"http://127.0.0.1:{port}",
+                },
+            }
+        )
+    )
+    controller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "controller",
+            "--config",
+            str(config),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         decisions: list[dict[str, object]] = []

@@ -3,8 +3,16 @@
 from gateway.autoscaler.policy import Signals, State, decide
 from gateway.config import ScalingPolicy
 
-POLICY = ScalingPolicy(min_replicas=1, max_replicas=10, target_concurrency=4, stable_window_s=60,
-                       panic_threshold=2.0, max_step_up=4, max_step_down=1, scale_down_delay_s=30)
+POLICY = ScalingPolicy(
+    min_replicas=1,
+    max_replicas=10,
+    target_concurrency=4,
+    stable_window_s=60,
+    panic_threshold=2.0,
+    max_step_up=4,
+    max_step_down=1,
+    scale_down_delay_s=30,
+)
 SLO = 0.05
 
 
