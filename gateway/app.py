@@ -116,7 +116,9 @@ class Gateway:
             scaler = DryRunScaler({name: len(pool.replicas) for name, pool in self.pools.items()})
             pools = list(self.pools)
         slos = {name: self.manager.pool_slo_s(name) for name in pools}
-        source = GatewaySource(lambda pool: self.pools[pool].load, self.router.queue_depth)
+        source = GatewaySource(
+            lambda pool: self.pools[pool].load, self.router.queue_depth, lambda pool: self.pools[pool].ready_count()
+        )
         return Controller(config, slos, source, scaler, self.metrics, self.clock)
 
     async def _discover(self, pool: PoolClient, discovery: KubernetesDiscovery) -> None:

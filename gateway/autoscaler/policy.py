@@ -3,7 +3,8 @@
 Replicas follow the observed concurrency at ``target_concurrency`` per replica, averaged
 over the stable window; the panic window reacts to bursts (when it asks for
 ``panic_threshold`` times the current replicas, scale up to it at once and hold for a
-stable window); a p99 over the SLO adds replicas even when concurrency looks fine; scaling
+stable window, unbounded by ``max_step_up``); a p99 over the SLO adds replicas even when
+concurrency looks fine; scaling
 down waits until fewer replicas were wanted for ``scale_down_delay_s`` and the p99 is
 under the SLO, and removes at most ``max_step_down`` at a time. Up and down are
 deliberately asymmetric: fast up, slow down (Ray Serve #18925 is what symmetric delays do).
@@ -27,6 +28,7 @@ class Signals:
     queue_depth: float = 0.0
     throughput: float = 0.0  # answered requests per second
     clients: int = 0  # distinct active clients
+    ready_replicas: int | None = None  # replicas serving now (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,17 @@ def decide(signals: Signals, state: State, policy: ScalingPolicy, current: int, 
     if panicking:
         desired = max(desired, want_panic, current)
     over_slo = signals.p99_s is not None and signals.p99_s > slo_s
-    if over_slo:
+    # While asked-for replicas are still starting, a high p99 is the wait for them, not a reason for more.
+    starting = signals.ready_replicas is not None and signals.ready_replicas < current
+    if over_slo and not starting:
         assert signals.p99_s is not None
         boost = max(current + 1, math.ceil(current * min(signals.p99_s / slo_s, 2.0)))
         desired = max(desired, boost)
         reasons.append(f"p99 {signals.p99_s * 1000:.1f} ms over SLO {slo_s * 1000:g} ms")
     desired = min(max(desired, policy.min_replicas), policy.max_replicas)
     if desired > current:
-        desired = min(desired, current + policy.max_step_up)
+        if not panicking:  # a burst goes straight to what the panic window asks for
+            desired = min(desired, current + policy.max_step_up)
         return Decision(desired, replace(state, below_since=None), "; ".join(reasons) + f" -> up to {desired}")
     if desired < current and not over_slo and not panicking:
         below_since = state.below_since if state.below_since is not None else now

@@ -96,9 +96,15 @@ def p99(values: list[float]) -> float | None:
 class GatewaySource:
     """Signals from this gateway's own trackers and queues."""
 
-    def __init__(self, trackers: Callable[[str], LoadTracker], queue_depth: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        trackers: Callable[[str], LoadTracker],
+        queue_depth: Callable[[str], int],
+        ready: Callable[[str], int] | None = None,
+    ) -> None:
         self.trackers = trackers
         self.queue_depth = queue_depth
+        self.ready = ready
 
     async def read(self, pool: str, policy: ScalingPolicy) -> Signals:
         tracker = self.trackers(pool)
@@ -111,6 +117,7 @@ class GatewaySource:
             queue_depth=self.queue_depth(pool),
             throughput=len(recent) / window,
             clients=tracker.clients(policy.stable_window_s),
+            ready_replicas=self.ready(pool) if self.ready is not None else None,
         )
 
 

@@ -25,9 +25,11 @@ def test_replicas_follow_concurrency() -> None:
     assert decision.desired == 3 and "up to 3" in decision.reason
 
 
-def test_step_up_is_bounded_and_max_respected() -> None:
-    decision = decide(_signals(100, panic=100), State(), POLICY, current=1, now=0, slo_s=SLO)
-    assert decision.desired == 5  # +4 at most
+def test_step_up_is_bounded_unless_panicking_and_max_respected() -> None:
+    decision = decide(_signals(40, panic=7), State(), POLICY, current=2, now=0, slo_s=SLO)
+    assert decision.desired == 6  # wants 10, +4 at most
+    decision = decide(_signals(40, panic=36), State(), POLICY, current=2, now=0, slo_s=SLO)
+    assert decision.desired == 10 and "panic" in decision.reason  # a burst jumps at once, past +4
     decision = decide(_signals(100, panic=100), State(), POLICY, current=8, now=0, slo_s=SLO)
     assert decision.desired == 10
 
@@ -69,3 +71,12 @@ def test_scale_from_zero_on_first_request() -> None:
     policy = POLICY.model_copy(update={"min_replicas": 0})
     decision = decide(_signals(0.5, panic=0.5), State(), policy, current=0, now=0, slo_s=SLO)
     assert decision.desired == 1
+
+
+def test_no_p99_boost_while_asked_for_replicas_are_starting() -> None:
+    from gateway.autoscaler.policy import Signals as S
+
+    starting = S(8, 8, 0.5, ready_replicas=1)
+    assert decide(starting, State(), POLICY, current=2, now=0, slo_s=SLO).desired == 2
+    serving = S(8, 8, 0.5, ready_replicas=2)
+    assert decide(serving, State(), POLICY, current=2, now=0, slo_s=SLO).desired == 4
