@@ -227,10 +227,10 @@ def simulate(trace: np.ndarray, policy: Policy, service: Service) -> Outcome:
         history.concurrency.append((now, (served / DT) * latency + queue * 0))  # Little's law: in flight
         history.utilisation.append((now, busy))
         history.latency.append((now, latency))
-        history.ready = int(round(ready))
+        history.ready = round(ready)
         if now >= next_decision:
             next_decision = now + policy.period_s
-            current = int(round(ready + sum(n for _, n in starting)))
+            current = round(ready + sum(n for _, n in starting))
             target = policy.desired(now, current, history)
             if target > current:
                 starting.append((now + STARTUP_S, target - current))
@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     service = measure_service()
     print(
-        f"service model (mlp, 1 thread): {service.per_row_s * 1e6:.1f} us/row + {service.per_batch_s * 1e6:.0f} us/batch;"
-        f" capacity {service.capacity():.0f} rows/s per replica"
+        f"service model (mlp, 1 thread): {service.per_row_s * 1e6:.1f} us/row + "
+        f"{service.per_batch_s * 1e6:.0f} us/batch; capacity {service.capacity():.0f} rows/s per replica"
     )
     factories: list[Callable[[], Policy]] = [Batchgate, HPA, KPA]
     results: dict[str, dict[str, Outcome]] = {}
