@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from gateway.autoscaler.kube import EndpointSliceWatcher, api_client, own_namesp
 from gateway.autoscaler.scalers import DryRunScaler, LocalScaler, Scaler
 from gateway.autoscaler.signals import GatewaySource
 from gateway.clock import Clock, MonotonicClock
-from gateway.config import KubernetesDiscovery, ServerConfig
+from gateway.config import KubernetesDiscovery, ScalingPolicy, ServerConfig
 from gateway.dataplane import DataPlane
 from gateway.grpc_api.servicer import GRPCFront, build_server
 from gateway.lifecycle import ModelManager
@@ -116,10 +117,19 @@ class Gateway:
             scaler = DryRunScaler({name: len(pool.replicas) for name, pool in self.pools.items()})
             pools = list(self.pools)
         slos = {name: self.manager.pool_slo_s(name) for name in pools}
+        # Unless configured, a local pool keeps its configured replicas as the floor and may
+        # grow to one worker per core.
+        defaults = {
+            name: ScalingPolicy(
+                min_replicas=self.config.pools[name].replicas,
+                max_replicas=max(self.config.pools[name].replicas, os.cpu_count() or 1),
+            )
+            for name in pools
+        }
         source = GatewaySource(
             lambda pool: self.pools[pool].load, self.router.queue_depth, lambda pool: self.pools[pool].ready_count()
         )
-        return Controller(config, slos, source, scaler, self.metrics, self.clock)
+        return Controller(config, slos, source, scaler, self.metrics, self.clock, defaults)
 
     async def _discover(self, pool: PoolClient, discovery: KubernetesDiscovery) -> None:
         api = await api_client(discovery.api_url)

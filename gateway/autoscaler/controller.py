@@ -26,19 +26,22 @@ class Controller:
         scaler: Scaler,
         metrics: Metrics,
         clock: Clock,
+        defaults: dict[str, ScalingPolicy] | None = None,
     ) -> None:
-        """``pools`` maps each pool to its SLO p99 in seconds (the strictest of its models)."""
+        """``pools`` maps each pool to its SLO p99 in seconds (the strictest of its models);
+        ``defaults`` gives the policy of a pool that ``config.policies`` does not name."""
         self.config = config
         self.pools = pools
         self.source = source
         self.scaler = scaler
         self.metrics = metrics
         self.clock = clock
+        self.defaults = defaults or {}
         self.states: dict[str, State] = {pool: State() for pool in pools}
         self.decisions: list[dict[str, object]] = []  # the recent ones, for tests and debugging
 
     def policy(self, pool: str) -> ScalingPolicy:
-        return self.config.policies.get(pool, ScalingPolicy())
+        return self.config.policies.get(pool) or self.defaults.get(pool) or ScalingPolicy()
 
     async def step(self, pool: str) -> int:
         """One decision for one pool; returns the replica count asked for."""
