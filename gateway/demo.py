@@ -122,34 +122,17 @@ def build_demo(root: Path, progress: Callable[[str], None] = print) -> None:
     """Write the three demo models under ``root`` (existing files are replaced)."""
     _require_demo_extra()
     root.mkdir(parents=True, exist_ok=True)
-    progress("training digits_mlp on scikit-learn's digits ...")
-    mlp_bytes, mlp_acc = _digits_model("mlp")
-    _write(
-        root,
-        "digits_mlp",
-        mlp_bytes,
-        {
+    for name, kind in (("digits_mlp", "mlp"), ("digits_logreg", "logreg")):
+        progress(f"training {name} on scikit-learn's digits ...")
+        data, accuracy = _digits_model(kind)
+        config = {
             "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
             "timeout_ms": 1000,
             "slo": {"p99_ms": 50},
-            "metadata": {"task": "digits classification", "heldout_accuracy": round(mlp_acc, 4)},
-        },
-    )
-    progress(f"  digits_mlp held-out accuracy {mlp_acc:.4f}")
-    progress("training digits_logreg ...")
-    lr_bytes, lr_acc = _digits_model("logreg")
-    _write(
-        root,
-        "digits_logreg",
-        lr_bytes,
-        {
-            "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
-            "timeout_ms": 1000,
-            "slo": {"p99_ms": 50},
-            "metadata": {"task": "digits classification", "heldout_accuracy": round(lr_acc, 4)},
-        },
-    )
-    progress(f"  digits_logreg held-out accuracy {lr_acc:.4f}")
+            "metadata": {"task": "digits classification", "heldout_accuracy": round(accuracy, 4)},
+        }
+        _write(root, name, data, config)
+        progress(f"  {name} held-out accuracy {accuracy:.4f}")
     progress("building mlp (512 -> 2048 -> 2048 -> 512, fixed seed) ...")
     _write(
         root,

@@ -136,6 +136,17 @@ class Router:
     def ready(self) -> bool:
         return self.accepting and all(served.ready for served in self.all_served())
 
+    def record(self, model: str, version: str, code: int, seconds: float) -> None:
+        """Count one answered request in the metrics of a served model (unknown names stay
+        unlabelled, so clients cannot grow the label sets)."""
+        versions = self.models.get(model)
+        if not versions or (version and version not in versions):
+            return
+        label = version or max(versions, key=int)
+        self.metrics.requests.labels(model, label, str(code)).inc()
+        if code == 200:
+            self.metrics.request_duration.labels(model, label).observe(seconds)
+
     def queue_depth(self, pool: str) -> int:
         """Requests queued for every model version the pool serves."""
         return sum(len(s.batcher.queue) for s in self.all_served() if s.pool.name == pool)

@@ -139,11 +139,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             await context.abort(exc.grpc_code, exc.message)
         finally:
             gauge.dec()
-            if model in self.router.models:
-                label_version = version or max(self.router.models[model], key=int)
-                self.metrics.requests.labels(model, label_version, str(code)).inc()
-                if code == 200:
-                    self.metrics.request_duration.labels(model, label_version).observe(time.perf_counter() - started)
+            self.router.record(model, version, code, time.perf_counter() - started)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(

@@ -126,11 +126,7 @@ class RestAPI:
             raise
         finally:
             gauge.dec()
-            if model in self.router.models:
-                label_version = version or max(self.router.models[model], key=int)
-                self.metrics.requests.labels(model, label_version, str(code)).inc()
-                if code == 200:
-                    self.metrics.request_duration.labels(model, label_version).observe(time.perf_counter() - started)
+            self.router.record(model, version, code, time.perf_counter() - started)
         return response
 
     async def _infer(self, request: Request, model: str, version: str) -> Response:
