@@ -96,6 +96,8 @@ class Gateway:
                 await supervisor.start()
             pool.start()
         self._tasks.append(spawn(self._sweep_clients(), name="clients"))
+        if self.config.repository_poll_s:
+            self._tasks.append(spawn(self.manager.poll(self.config.repository_poll_s), name="repository-poll"))
         if self.config.autoscaler.enabled:
             self.controller = self._embedded_controller()
             self._tasks.append(spawn(self.controller.run(), name="autoscaler"))

@@ -208,6 +208,9 @@ class ServerConfig(_Frozen):
     """Top-level ``batchgate.yaml``."""
 
     model_repository: Path = Field(Path("models"), description="Folder with one sub-folder per model.")
+    repository_poll_s: float = Field(
+        0.0, ge=0, description="Rescan the repository this often and load what changed; 0 = on load calls only."
+    )
     http: HTTPConfig = Field(default_factory=HTTPConfig, description="The HTTP listener.")
     grpc: GRPCConfig = Field(default_factory=GRPCConfig, description="The gRPC listener.")
     pools: dict[str, PoolConfig] = Field(

@@ -86,6 +86,15 @@ class ModelManager:
             if not served:
                 reason = "unloaded" if name in self.unloaded else self.failures.get(name, "not loaded")
                 entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
+            elif name in self.failures:  # serving, but the last load of a newer version failed
+                entries.append(
+                    {
+                        "name": name,
+                        "version": "",
+                        "state": "UNAVAILABLE",
+                        "reason": f"last load failed: {self.failures[name]}",
+                    }
+                )
         if ready_only:
             entries = [e for e in entries if e["state"] == "READY"]
         return entries
@@ -140,6 +149,36 @@ class ModelManager:
                 await self._retire(served)
             self.unloaded.add(name)
             log.info("model %s: unloaded", name)
+
+    # -- polling ----------------------------------------------------------------------------------
+    def fingerprint(self, name: str) -> tuple[tuple[str, int, int], ...]:
+        """Size and mtime of the config and every version's model file: any change shows."""
+        folder = self.root / name
+        marks = []
+        for path in [folder / "config.yaml", *sorted(folder.glob("*/model.onnx"))]:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            marks.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+        return tuple(marks)
+
+    async def poll(self, interval_s: float) -> None:
+        """Load every model folder whose files changed since the last look (new versions included)."""
+        known = {p.name: self.fingerprint(p.name) for p in self.root.iterdir() if p.is_dir()}
+        while True:
+            await asyncio.sleep(interval_s)
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                mark = self.fingerprint(folder.name)
+                if mark == known.get(folder.name):
+                    continue
+                known[folder.name] = mark
+                if folder.name in self.unloaded:
+                    continue  # unloaded on purpose: only a load call brings it back
+                try:
+                    await self.load(folder.name)
+                except BatchgateError as exc:
+                    log.warning("model %s changed on disk but cannot be loaded: %s", folder.name, exc.message)
 
     def _stage(self, model: RepositoryModel, version: ModelVersion) -> ServedModel:
         pool = self.pool_for(model.config.pool)

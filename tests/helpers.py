@@ -127,6 +127,12 @@ class GatewayProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def get_post(self, path: str, body: bytes = b"{}") -> bytes:
+        request = urllib.request.Request(f"http://{self.url}{path}", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload: bytes = response.read()
+        return payload
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Poll readiness until it holds; fail with the log if the process dies or time runs out."""
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,68 @@
+"""Zero-downtime version swaps from the repository poller, under continuous load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from tests.helpers import GatewayProcess, write_model
+from tests.load import Outcome, closed_loop
+
+POLL_S = 1.0
+IMAGE = np.random.default_rng(3).uniform(0, 16, (1, 64)).astype(np.float32)
+BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                               "data": IMAGE.reshape(-1).tolist()}]}).encode()
+
+
+def _drop(root: Path, version: int, data: bytes) -> float:
+    """Write a version folder next to the model, then rename it into place (what a deploy should do)."""
+    staging = root / "digits" / f".incoming-{version}"
+    staging.mkdir()
+    (staging / "model.onnx").write_bytes(data)
+    staging.rename(root / "digits" / str(version))
+    return time.perf_counter()
+
+
+def test_new_version_swaps_in_under_load_and_a_corrupt_one_is_refused(tmp_path: Path, demo_repository: Path) -> None:
+    root = tmp_path / "models"
+    v1 = (demo_repository / "digits_logreg" / "1" / "model.onnx").read_bytes()
+    v2 = (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes()
+    write_model(root, "digits", v1, {"slo": {"p99_ms": 5000}})
+    gateway = GatewayProcess(root, tmp_path / "gateway.log", config={"repository_poll_s": POLL_S})
+    dropped: dict[str, float] = {}
+    try:
+        gateway.wait_ready()
+
+        def deploy() -> None:
+            time.sleep(3)
+            dropped["v2"] = _drop(root, 2, v2)
+            time.sleep(5)
+            dropped["v3"] = _drop(root, 3, b"this is not an onnx model")
+
+        thread = threading.Thread(target=deploy)
+        thread.start()
+        outcomes: list[Outcome] = closed_loop(gateway.port, "/v2/models/digits/infer", BODY, users=16, duration_s=14)
+        thread.join()
+        index = json.loads(gateway.get_post("/v2/repository/index"))
+    finally:
+        gateway.stop()
+    statuses = {o.status for o in outcomes}
+    assert statuses == {200}, statuses
+    versions = [(o.sent_at, json.loads(o.body)["model_version"]) for o in outcomes]
+    first_v2 = min(t for t, v in versions if v == "2")
+    print(f"{len(outcomes)} requests, all 200; version 2 answered {first_v2 - dropped['v2']:.2f}s after the drop")
+    assert first_v2 - dropped["v2"] < POLL_S + 5  # the interval, plus loading and warming on two workers
+    assert all(v == "2" for t, v in versions if t > first_v2 + 1)  # v1 drained and gone
+    assert not any(v == "3" for _, v in versions)
+    served = [e for e in index if e["name"] == "digits"]
+    assert {"name": "digits", "version": "2", "state": "READY", "reason": ""} in served
+    assert any("cannot load digits:3" in e["reason"] for e in served)
+    last = json.loads(outcomes[-1].body)
+    mlp = ort.InferenceSession(str(demo_repository / "digits_mlp" / "1" / "model.onnx"))
+    assert np.allclose(last["outputs"][1]["data"], mlp.run(None, {"input": IMAGE})[1].reshape(-1), atol=1e-6)
