@@ -23,7 +23,7 @@ from gateway.clock import Clock, MonotonicClock
 from gateway.config import KubernetesDiscovery, ScalingPolicy, ServerConfig
 from gateway.dataplane import DataPlane
 from gateway.grpc_api.servicer import GRPCFront, build_server
-from gateway.lifecycle import ModelManager
+from gateway.lifecycle import HEALTH_TICK_S, ModelManager
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.repository import check_references, scan_repository
@@ -96,6 +96,7 @@ class Gateway:
                 await supervisor.start()
             pool.start()
         self._tasks.append(spawn(self._sweep_clients(), name="clients"))
+        self._tasks.append(spawn(self._health(), name="live-data-health"))
         if self.config.repository_poll_s:
             self._tasks.append(spawn(self.manager.poll(self.config.repository_poll_s), name="repository-poll"))
         if self.config.autoscaler.enabled:
@@ -149,6 +150,28 @@ class Gateway:
             await watcher.run()
         finally:
             await api.close()
+
+    async def _health(self) -> None:
+        """Every tick: bin sampled inputs, refresh drift and shadow gauges (off the request path)."""
+        exported: dict[str, set[str]] = {}
+        while True:
+            await asyncio.sleep(HEALTH_TICK_S)
+            for served in self.router.all_served():
+                if served.drift is not None:
+                    served.drift.tick()
+                    summary = served.drift.summary(served.config.drift.top_features)
+                    features = {f["feature"]: f["psi"] for f in summary["top_features"]}
+                    if summary["psi_overall"] is not None:
+                        features["overall"] = summary["psi_overall"]
+                    for stale in exported.get(served.name, set()) - set(features):
+                        self.metrics.input_drift.remove(served.name, stale)
+                    for feature, value in features.items():
+                        self.metrics.input_drift.labels(served.name, feature).set(value)
+                    exported[served.name] = set(features)
+                shadow = served.config.shadow
+                ratio = served.shadow.ratio() if served.shadow is not None else None
+                if shadow is not None and ratio is not None:
+                    self.metrics.shadow_agreement.labels(served.name, shadow.model).set(ratio)
 
     async def _sweep_clients(self) -> None:
         while True:

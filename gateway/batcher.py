@@ -62,6 +62,7 @@ class ModelBatcher:
         self.latency = LatencyModel()
         self.occupancy = LatencyModel()
         self._pumping = False
+        self._last_rows = 1
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_at: float | None = None
         self._last_join: float | None = None
@@ -126,7 +127,10 @@ class ModelBatcher:
         per_batch = self.latency.predict(self.max_rows)
         parallel = max(self.pool.usable_slots(), 1)
         batches_ahead = self.queue.rows // self.max_rows
-        return batches_ahead * per_batch / parallel + self.latency.predict(min(self.queue.rows + rows, self.max_rows))
+        # With every slot busy, a batch like the last one must finish first (counted whole: pessimistic).
+        in_service = 0.0 if self.pool.has_idle_slot() else self.latency.predict(self._last_rows) / parallel
+        own = self.latency.predict(min(self.queue.rows + rows, self.max_rows))
+        return in_service + batches_ahead * per_batch / parallel + own
 
     def queue_full_error(self) -> BatchgateError:
         return Overloaded(f"model {self.model} queue is full", retry_after_s=self.retry_after_s())
@@ -240,6 +244,7 @@ class ModelBatcher:
                         self.pool.release(replica)
                         continue
                 rows = sum(p.rows for p in batch)
+                self._last_rows = rows
                 for pending in batch:
                     self._m_queue.observe(now - pending.enqueued)
                     self.stats.queued(int((now - pending.enqueued) * 1e9))

@@ -74,6 +74,31 @@ def _loadtest(argv: Sequence[str]) -> int:
     return main(list(argv))
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from gateway.health import PROFILE_FILE, build_profile
+
+    folder = args.model_repository / args.model
+    if not folder.is_dir():
+        print(f"batchgate models profile: no model folder {folder}", file=sys.stderr)
+        return 2
+    try:
+        data = np.load(args.data, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        print(f"batchgate models profile: cannot read {args.data}: {exc}", file=sys.stderr)
+        return 2
+    if data.ndim < 2 or len(data) < 10:
+        print("batchgate models profile: need an array of at least 10 rows [rows, ...features]", file=sys.stderr)
+        return 2
+    profile = build_profile(data, args.input, args.bins)
+    (folder / PROFILE_FILE).write_text(json.dumps(profile))
+    print(f"wrote {folder / PROFILE_FILE}: {len(profile['features'])} features from {len(data)} rows")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import build_demo
 
@@ -107,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = model_commands.add_parser("demo", help="build the demo model repository (no downloads)")
     demo.add_argument("directory", type=Path, nargs="?", default=Path("models"))
     demo.set_defaults(handler=_demo)
+    profile = model_commands.add_parser("profile", help="save a model's reference input profile (drift baseline)")
+    profile.add_argument("model")
+    profile.add_argument("data", type=Path, help=".npy array of reference inputs, rows first")
+    profile.add_argument("--input", default="input", help="the model input these rows feed")
+    profile.add_argument("--model-repository", type=Path, default=Path("models"))
+    profile.add_argument("--bins", type=int, default=10)
+    profile.set_defaults(handler=_profile)
     return parser
 
 

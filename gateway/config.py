@@ -73,6 +73,22 @@ class FallbackConfig(_Frozen):
     )
 
 
+class DriftConfig(_Frozen):
+    """Input drift against ``profile.json`` next to the model (on when the profile exists)."""
+
+    enabled: bool = Field(True, description="Watch input drift when the model has a profile.")
+    sample_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of requests whose inputs are binned.")
+    window_s: float = Field(300.0, gt=0, description="Sliding window of the PSI.")
+    top_features: int = Field(5, ge=1, le=50, description="Features exported as metrics (bounded cardinality).")
+
+
+class ShadowConfig(_Frozen):
+    """Send a sample of traffic to another model too and track how often they agree."""
+
+    model: str = Field(description="The shadow model (often the fallback).")
+    ratio: float = Field(0.05, ge=0, le=1, description="Fraction of answered requests mirrored.")
+
+
 class SLOConfig(_Frozen):
     """Service-level objective the autoscaler and the load-test gate hold the model to."""
 
@@ -94,6 +110,8 @@ class ModelConfig(_Frozen):
     fallback: FallbackConfig | None = Field(None, description="Model that answers when this one cannot.")
     pool: str = Field("default", description="Worker pool that serves this model.")
     slo: SLOConfig = Field(default_factory=SLOConfig, description="Latency objective.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Input drift monitoring.")
+    shadow: ShadowConfig | None = Field(None, description="Shadow traffic and agreement rate.")
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions are served.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form facts about the model (accuracy, data)."

@@ -112,7 +112,19 @@ class DataPlane:
         else:
             served = self.router.all_served()
         ordered = sorted(served, key=lambda s: (s.name, int(s.version)))
-        return {"model_stats": [s.batcher.stats.as_dict() for s in ordered]}
+        entries = []
+        for model in ordered:
+            entry = model.batcher.stats.as_dict()
+            if model.drift is not None:
+                entry["drift"] = model.drift.summary(model.config.drift.top_features)
+            if model.shadow is not None and model.config.shadow is not None:
+                entry["shadow"] = {
+                    "model": model.config.shadow.model,
+                    "agreement_ratio": model.shadow.ratio(),
+                    "compared": len(model.shadow.results),
+                }
+            entries.append(entry)
+        return {"model_stats": entries}
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.manager.index(ready_only)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from itertools import pairwise
@@ -122,16 +123,23 @@ def build_demo(root: Path, progress: Callable[[str], None] = print) -> None:
     """Write the three demo models under ``root`` (existing files are replaced)."""
     _require_demo_extra()
     root.mkdir(parents=True, exist_ok=True)
+    from gateway.health import PROFILE_FILE, build_profile
+
+    x_train = digits_split()[0]
     for name, kind in (("digits_mlp", "mlp"), ("digits_logreg", "logreg")):
         progress(f"training {name} on scikit-learn's digits ...")
         data, accuracy = _digits_model(kind)
-        config = {
+        config: dict[str, Any] = {
             "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000},
             "timeout_ms": 1000,
             "slo": {"p99_ms": 50},
             "metadata": {"task": "digits classification", "heldout_accuracy": round(accuracy, 4)},
         }
+        if name == "digits_mlp":
+            config["fallback"] = {"model": "digits_logreg", "on": ["error", "timeout", "overload", "circuit_open"]}
         _write(root, name, data, config)
+        # The reference profile for drift monitoring: the training inputs' per-pixel distribution.
+        (root / name / PROFILE_FILE).write_text(json.dumps(build_profile(x_train, "input")))
         progress(f"  {name} held-out accuracy {accuracy:.4f}")
     progress("building mlp (512 -> 2048 -> 2048 -> 512, fixed seed) ...")
     _write(

@@ -20,6 +20,7 @@ from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
+from gateway.health import DriftMonitor, ShadowTracker
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient, error_for
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
@@ -28,6 +29,7 @@ from gateway.router import Router, ServedModel
 log = logging.getLogger("batchgate.lifecycle")
 
 LOAD_TIMEOUT_S = 300.0
+HEALTH_TICK_S = 2.0
 
 
 class ModelManager:
@@ -186,7 +188,14 @@ class ModelManager:
         batcher = ModelBatcher(
             model.name, version.version, model.config.batching, pool, self.clock, self.metrics, shed_after_s
         )
-        return ServedModel(model.name, version.version, model.config, pool, batcher, path=version.path)
+        served = ServedModel(model.name, version.version, model.config, pool, batcher, path=version.path)
+        drift = model.config.drift
+        if drift.enabled and drift.sample_ratio > 0:
+            ticks = max(1, round(drift.window_s / HEALTH_TICK_S))
+            served.drift = DriftMonitor.load(version.path.parent.parent, drift.sample_ratio, ticks)
+        if model.config.shadow is not None:
+            served.shadow = ShadowTracker()
+        return served
 
     async def _load_on_workers(self, model: RepositoryModel, version: ModelVersion) -> None:
         pool = self.pool_for(model.config.pool)

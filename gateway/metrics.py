@@ -87,6 +87,18 @@ class Metrics:
         self.desired_replicas = Gauge(
             "batchgate_desired_replicas", "Replicas the autoscaler wants.", ["pool"], registry=r
         )
+        self.input_drift = Gauge(
+            "batchgate_input_drift_psi",
+            "Population stability index of live inputs against the profile (the top features and 'overall').",
+            ["model", "feature"],
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "batchgate_shadow_agreement_ratio",
+            "Share of mirrored requests where the shadow predicted the same class.",
+            ["model", "shadow"],
+            registry=r,
+        )
         self.active_clients = Gauge(
             "batchgate_active_clients", "Distinct clients seen in the last minute.", ["pool"], registry=r
         )

@@ -74,6 +74,9 @@ def check_references(models: Mapping[str, RepositoryModel], pools: Mapping[str, 
     for model in models.values():
         if model.config.pool not in pools:
             raise ConfigError(f"{model.name}/config.yaml: pool: {model.config.pool!r} is not one of {sorted(pools)}")
+        shadow = model.config.shadow
+        if shadow is not None and shadow.model not in models:
+            raise ConfigError(f"{model.name}/config.yaml: shadow.model: no model named {shadow.model!r}")
         seen = [model.name]
         fallback = model.config.fallback
         while fallback is not None:

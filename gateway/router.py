@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ModelConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, NotFound, Overloaded, Unavailable
+from gateway.health import DriftMonitor, ShadowTracker
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.request_queue import Pending
@@ -47,6 +49,8 @@ class ServedModel:
     path: Path
     signature: Signature | None = None
     datatypes: dict[str, str] = field(default_factory=dict)
+    drift: DriftMonitor | None = None
+    shadow: ShadowTracker | None = None
 
     @property
     def ready(self) -> bool:
@@ -193,6 +197,8 @@ class Router:
         if not served.pool.has_usable_replica():
             raise CircuitOpen(f"model '{served.name}': no usable replica in pool {served.pool.name}")
         checked = check_request(ticket.request, served.signature, served.config.batching.max_batch_size)
+        if reason is None and served.drift is not None:
+            served.drift.offer(checked.feeds)
         fallback = served.config.fallback
         if reason is None and fallback is not None and "overload" in fallback.on:
             limit = (fallback.primary_budget_ms or served.config.slo.p99_ms) / 1000
@@ -242,6 +248,8 @@ class Router:
             self._settle(ticket)
             attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
             ticket.future.set_result((attempt, future.result()))
+            if attempt.reason is None and attempt.served.shadow is not None:
+                self._mirror(ticket, attempt.served, future.result())
             return
         assert isinstance(error, BatchgateError)
         attempt.served.batcher.stats.request_done(False, time.perf_counter_ns() - ticket.admitted_ns)
@@ -253,6 +261,30 @@ class Router:
             return
         self._settle(ticket)
         ticket.future.set_exception(error)
+
+    def _mirror(self, ticket: Ticket, served: ServedModel, outputs: dict[str, Array]) -> None:
+        """Send a sample of answered requests to the shadow model and compare the classes."""
+        shadow = served.config.shadow
+        tracker = served.shadow
+        if shadow is None or tracker is None or random.random() >= shadow.ratio:
+            return
+        versions = self.models.get(shadow.model)
+        if not versions:
+            return
+        target = versions[max(versions, key=int)]
+        if target.signature is None:
+            return
+        try:
+            checked = check_request(ticket.request, target.signature, target.config.batching.max_batch_size)
+            pending = target.batcher.submit(checked, ticket.deadline, ticket.request.priority)
+        except BatchgateError:
+            return  # the shadow is best effort: a full queue or a mismatch just skips it
+
+        def compare(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                tracker.compare(outputs, future.result())
+
+        pending.future.add_done_callback(compare)
 
     def _settle(self, ticket: Ticket) -> None:
         """The ticket is answered: stop the budget timer and cancel the attempts that lost."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,8 +15,9 @@ from tests.load import Outcome, closed_loop
 
 POLL_S = 1.0
 IMAGE = np.random.default_rng(3).uniform(0, 16, (1, 64)).astype(np.float32)
-BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                               "data": IMAGE.reshape(-1).tolist()}]}).encode()
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": IMAGE.reshape(-1).tolist()}]}
+).encode()
 
 
 def _drop(root: Path, version: int, data: bytes) -> float:

@@ -1,0 +1,121 @@
+"""Live-data health (DESIGN §9): input drift against a reference profile, and shadow agreement.
+
+A profile (``models/<name>/profile.json``, written by ``batchgate models profile`` or the demo
+builder) holds, per input feature, quantile bin edges and the reference share of each bin.
+The router offers a sampled fraction of requests; a background task bins them per feature
+every tick, keeps a sliding window of counts, and computes the population stability index
+PSI = Σ (actual - expected) · ln(actual / expected) per feature and their mean. Nothing of
+this runs on the request path beyond a random draw and a deque append.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+PROFILE_FILE = "profile.json"
+EPSILON = 1e-4
+
+
+def build_profile(data: npt.NDArray[Any], input_name: str, bins: int = 10) -> dict[str, Any]:
+    """Quantile bins per feature (columns after flattening the non-batch dimensions)."""
+    rows = np.asarray(data, dtype=np.float64).reshape(len(data), -1)
+    features = []
+    for column in rows.T:
+        edges = np.unique(np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, column, side="right"), minlength=len(edges) + 1)
+        features.append({"edges": edges.tolist(), "reference": (counts / counts.sum()).tolist()})
+    return {"input": input_name, "rows": len(rows), "features": features}
+
+
+def psi(actual: npt.NDArray[Any], expected: npt.NDArray[Any]) -> float:
+    a = np.clip(actual, EPSILON, None)
+    e = np.clip(expected, EPSILON, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+class DriftMonitor:
+    """Sliding-window PSI of one model version's live inputs against its profile."""
+
+    def __init__(self, profile: dict[str, Any], sample_ratio: float, window_ticks: int, max_pending: int = 512) -> None:
+        self.input = profile["input"]
+        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in profile["features"]]
+        self.reference = [np.asarray(f["reference"], dtype=np.float64) for f in profile["features"]]
+        self.sample_ratio = sample_ratio
+        self.pending: deque[npt.NDArray[Any]] = deque(maxlen=max_pending)
+        self.window: deque[list[npt.NDArray[Any]]] = deque(maxlen=window_ticks)
+        self.scores: list[float] = []
+        self.rows = 0
+
+    @classmethod
+    def load(cls, folder: Path, sample_ratio: float, window_ticks: int) -> DriftMonitor | None:
+        path = folder / PROFILE_FILE
+        if not path.is_file():
+            return None
+        return cls(json.loads(path.read_text()), sample_ratio, window_ticks)
+
+    def offer(self, feeds: dict[str, npt.NDArray[Any]]) -> None:
+        """Called per request: keep a sampled reference to the input (no copy, no work)."""
+        if random.random() < self.sample_ratio:
+            array = feeds.get(self.input)
+            if array is not None:
+                self.pending.append(array)
+
+    def tick(self) -> None:
+        """Bin what was sampled since the last tick and recompute the window's PSI."""
+        counts = [np.zeros(len(e) + 1) for e in self.edges]
+        if self.pending:
+            batch = np.concatenate([a.reshape(len(a), -1) for a in self.pending]).astype(np.float64)
+            self.pending.clear()
+            if batch.shape[1] == len(self.edges):
+                for index, edges in enumerate(self.edges):
+                    counts[index] += np.bincount(
+                        np.searchsorted(edges, batch[:, index], side="right"), minlength=len(edges) + 1
+                    )
+        self.window.append(counts)
+        totals = [np.sum([tick[i] for tick in self.window], axis=0) for i in range(len(self.edges))]
+        self.rows = int(totals[0].sum()) if totals else 0
+        if self.rows:
+            self.scores = [psi(total / total.sum(), ref) for total, ref in zip(totals, self.reference, strict=True)]
+        else:
+            self.scores = []
+
+    def summary(self, top: int = 5) -> dict[str, Any]:
+        if not self.scores:
+            return {"rows": 0, "psi_overall": None, "top_features": []}
+        order = np.argsort(self.scores)[::-1][:top]
+        return {
+            "rows": self.rows,
+            "psi_overall": float(np.mean(self.scores)),
+            "top_features": [{"feature": f"{self.input}[{i}]", "psi": self.scores[i]} for i in order],
+        }
+
+
+def class_labels(outputs: dict[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """Predicted classes: a ``label`` output if the model has one, else the argmax of the first output."""
+    if "label" in outputs:
+        return np.asarray(outputs["label"]).reshape(-1)
+    first = np.asarray(next(iter(outputs.values())))
+    labels: npt.NDArray[Any] = first.reshape(len(first), -1).argmax(axis=1)
+    return labels
+
+
+class ShadowTracker:
+    """Agreement of a model's predicted classes with its shadow's, over the last comparisons."""
+
+    def __init__(self, window: int = 5000) -> None:
+        self.results: deque[bool] = deque(maxlen=window)
+
+    def compare(self, primary: dict[str, npt.NDArray[Any]], shadow: dict[str, npt.NDArray[Any]]) -> None:
+        ours, theirs = class_labels(primary), class_labels(shadow)
+        if ours.shape == theirs.shape:
+            self.results.extend((ours == theirs).tolist())
+
+    def ratio(self) -> float | None:
+        return sum(self.results) / len(self.results) if self.results else None
