@@ -168,6 +168,9 @@ class Gateway:
                     for feature, value in features.items():
                         self.metrics.input_drift.labels(served.name, feature).set(value)
                     exported[served.name] = set(features)
+                if served.outputs is not None:
+                    for label, share in served.outputs.summary().get("class_ratio", {}).items():
+                        self.metrics.output_class_ratio.labels(served.name, label).set(share)
                 shadow = served.config.shadow
                 ratio = served.shadow.ratio() if served.shadow is not None else None
                 if shadow is not None and ratio is not None:

@@ -89,6 +89,13 @@ class ShadowConfig(_Frozen):
     ratio: float = Field(0.05, ge=0, le=1, description="Fraction of answered requests mirrored.")
 
 
+class CanaryConfig(_Frozen):
+    """Send a share of the requests that name no version to a newer version."""
+
+    version: int = Field(ge=1, description="The canary version (its folder must be served: see version_policy).")
+    percent: float = Field(ge=0, le=100, description="Share of unversioned requests it gets.")
+
+
 class SLOConfig(_Frozen):
     """Service-level objective the autoscaler and the load-test gate hold the model to."""
 
@@ -112,6 +119,7 @@ class ModelConfig(_Frozen):
     slo: SLOConfig = Field(default_factory=SLOConfig, description="Latency objective.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Input drift monitoring.")
     shadow: ShadowConfig | None = Field(None, description="Shadow traffic and agreement rate.")
+    canary: CanaryConfig | None = Field(None, description="Canary routing, promotable by API.")
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions are served.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form facts about the model (accuracy, data)."

@@ -117,6 +117,8 @@ class DataPlane:
             entry = model.batcher.stats.as_dict()
             if model.drift is not None:
                 entry["drift"] = model.drift.summary(model.config.drift.top_features)
+            if model.outputs is not None:
+                entry["outputs"] = model.outputs.summary()
             if model.shadow is not None and model.config.shadow is not None:
                 entry["shadow"] = {
                     "model": model.config.shadow.model,
@@ -131,6 +133,9 @@ class DataPlane:
 
     async def load(self, name: str) -> None:
         await self.manager.load(name)
+
+    def promote(self, name: str) -> str:
+        return self.router.promote(name)
 
     async def unload(self, name: str) -> None:
         await self.manager.unload(name)

@@ -119,3 +119,38 @@ class ShadowTracker:
 
     def ratio(self) -> float | None:
         return sum(self.results) / len(self.results) if self.results else None
+
+
+class OutputMonitor:
+    """The distribution of predicted classes (or the mean of the first output) over recent answers."""
+
+    MAX_CLASSES = 32
+
+    def __init__(self, sample_ratio: float, window: int = 5000) -> None:
+        self.sample_ratio = sample_ratio
+        self.labels: deque[int] = deque(maxlen=window)
+        self.means: deque[float] = deque(maxlen=window)
+
+    def observe(self, outputs: dict[str, npt.NDArray[Any]]) -> None:
+        if random.random() >= self.sample_ratio or not outputs:
+            return
+        label = outputs.get("label")
+        if label is not None and label.dtype.kind in "iu":
+            self.labels.extend(int(v) for v in label.reshape(-1))
+        else:
+            first = next(iter(outputs.values()))
+            if first.dtype.kind == "f" and first.size:
+                self.means.append(float(first.mean()))
+
+    def summary(self) -> dict[str, Any]:
+        if self.labels:
+            values, counts = np.unique(np.fromiter(self.labels, dtype=np.int64), return_counts=True)
+            if len(values) <= self.MAX_CLASSES:
+                total = counts.sum()
+                return {
+                    "answers": int(total),
+                    "class_ratio": {str(v): float(c / total) for v, c in zip(values, counts, strict=True)},
+                }
+        if self.means:
+            return {"answers": len(self.means), "output_mean": float(np.mean(self.means))}
+        return {"answers": 0}

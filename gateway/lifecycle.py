@@ -20,7 +20,7 @@ from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
-from gateway.health import DriftMonitor, ShadowTracker
+from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient, error_for
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
@@ -62,7 +62,15 @@ class ModelManager:
         served = self._stage(model, version)
         self.router.add(served)
         self.models[model.name] = model
+        self._apply_canary(model)
         return served
+
+    def _apply_canary(self, model: RepositoryModel) -> None:
+        canary = model.config.canary
+        if canary is None:
+            self.router.set_canary(model.name, None)
+        else:
+            self.router.set_canary(model.name, str(canary.version), canary.percent / 100)
 
     def pool_slo_s(self, pool_name: str) -> float:
         """The strictest SLO p99 among the pool's models (seconds)."""
@@ -135,6 +143,7 @@ class ModelManager:
             for served in added:
                 self.router.add(served)
             self.models[name] = model
+            self._apply_canary(model)
             for number, served in current.items():
                 if number not in wanted:
                     await self._retire(served)
@@ -193,6 +202,7 @@ class ModelManager:
         if drift.enabled and drift.sample_ratio > 0:
             ticks = max(1, round(drift.window_s / HEALTH_TICK_S))
             served.drift = DriftMonitor.load(version.path.parent.parent, drift.sample_ratio, ticks)
+            served.outputs = OutputMonitor(drift.sample_ratio)
         if model.config.shadow is not None:
             served.shadow = ShadowTracker()
         return served

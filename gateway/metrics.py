@@ -99,6 +99,12 @@ class Metrics:
             ["model", "shadow"],
             registry=r,
         )
+        self.output_class_ratio = Gauge(
+            "batchgate_output_class_ratio",
+            "Share of recent answers predicting each class (at most 32 classes).",
+            ["model", "class"],
+            registry=r,
+        )
         self.active_clients = Gauge(
             "batchgate_active_clients", "Distinct clients seen in the last minute.", ["pool"], registry=r
         )

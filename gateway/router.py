@@ -21,7 +21,7 @@ from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.config import ModelConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, NotFound, Overloaded, Unavailable
-from gateway.health import DriftMonitor, ShadowTracker
+from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.request_queue import Pending
@@ -51,6 +51,7 @@ class ServedModel:
     datatypes: dict[str, str] = field(default_factory=dict)
     drift: DriftMonitor | None = None
     shadow: ShadowTracker | None = None
+    outputs: OutputMonitor | None = None
 
     @property
     def ready(self) -> bool:
@@ -106,6 +107,8 @@ class Router:
         self.clock = clock
         self.metrics = metrics
         self.models: dict[str, dict[str, ServedModel]] = {}
+        self.canaries: dict[str, tuple[str, float]] = {}  # model -> (version, share of unversioned requests)
+        self.promoted: dict[str, str] = {}
         for served in models:
             self.add(served)
         self.accepting = True
@@ -128,11 +131,48 @@ class Router:
         if not versions:
             raise NotFound(f"unknown model '{name}'")
         if not version:
-            return versions[max(versions, key=int)]
+            return versions[self.default_version(name, versions)]
         served = versions.get(version)
         if served is None:
             raise NotFound(f"unknown version '{version}' of model '{name}'; serving {sorted(versions, key=int)}")
         return served
+
+    def default_version(self, name: str, versions: dict[str, ServedModel]) -> str:
+        """What a request naming no version gets: a promoted version, else the newest that is
+        not a canary."""
+        pinned = self.promoted.get(name)
+        if pinned in versions:
+            return pinned
+        canary = self.canaries.get(name)
+        stable = [v for v in versions if canary is None or v != canary[0]] or list(versions)
+        return max(stable, key=int)
+
+    def route(self, name: str, version: str) -> ServedModel:
+        """Like :meth:`resolve`, but a request naming no version may be sent to the canary."""
+        canary = self.canaries.get(name)
+        if (
+            not version
+            and canary is not None
+            and canary[0] in self.models.get(name, {})
+            and random.random() < canary[1]
+        ):
+            return self.models[name][canary[0]]
+        return self.resolve(name, version)
+
+    def set_canary(self, name: str, version: str | None, fraction: float = 0.0) -> None:
+        if version is None:
+            self.canaries.pop(name, None)
+        else:
+            self.canaries[name] = (version, fraction)
+
+    def promote(self, name: str) -> str:
+        """Make the canary the version every request naming no version gets."""
+        canary = self.canaries.pop(name, None)
+        if canary is None or canary[0] not in self.models.get(name, {}):
+            raise NotFound(f"model '{name}' has no canary version being served")
+        self.promoted[name] = canary[0]
+        log.info("model %s: canary version %s promoted", name, canary[0])
+        return canary[0]
 
     def all_served(self) -> list[ServedModel]:
         return [served for versions in self.models.values() for served in versions.values()]
@@ -160,7 +200,7 @@ class Router:
         """Queue the request (on its fallback if the primary cannot take it); raises when nothing can."""
         if not self.accepting:
             raise Unavailable("gateway is shutting down")
-        primary = self.resolve(request.model, request.version)
+        primary = self.route(request.model, request.version)
         if request.timeout_us:  # 0 means "no deadline of my own", as in Triton
             budget = request.timeout_us / 1e6
         elif timeout_ms is not None:
@@ -248,6 +288,8 @@ class Router:
             self._settle(ticket)
             attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
             ticket.future.set_result((attempt, future.result()))
+            if attempt.served.outputs is not None:
+                attempt.served.outputs.observe(future.result())
             if attempt.reason is None and attempt.served.shadow is not None:
                 self._mirror(ticket, attempt.served, future.result())
             return

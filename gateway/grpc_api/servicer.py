@@ -133,6 +133,8 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             except asyncio.CancelledError:
                 code = 499
                 raise
+            if response.model == model:
+                version = response.version  # the metrics count the version that served
             return v2grpc.encode_response(response)
         except BatchgateError as exc:
             code = exc.http_status

@@ -105,6 +105,11 @@ class RestAPI:
         await self.dataplane.unload(request.path_params["model"])
         return Response(status_code=200)
 
+    async def promote(self, request: Request) -> Response:
+        await read_body(request, 64 * 1024)
+        version = self.dataplane.promote(request.path_params["model"])
+        return _json({"model": request.path_params["model"], "version": version})
+
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -117,7 +122,7 @@ class RestAPI:
         gauge = self.metrics.inflight.labels(model)
         gauge.inc()
         try:
-            response = await self._infer(request, model, version)
+            response, version = await self._infer(request, model, version)
         except BatchgateError as exc:
             code = exc.http_status
             response = error_response(exc)
@@ -129,7 +134,8 @@ class RestAPI:
             self.router.record(model, version, code, time.perf_counter() - started)
         return response
 
-    async def _infer(self, request: Request, model: str, version: str) -> Response:
+    async def _infer(self, request: Request, model: str, version: str) -> tuple[Response, str]:
+        """The response, and the version that served it (for the metrics)."""
         body = await read_body(request, self.max_body_bytes)
         header_length = request.headers.get("inference-header-content-length")
         length = None
@@ -173,7 +179,8 @@ class RestAPI:
         if coding is not None:
             payload = encode(payload, coding)
             headers["Content-Encoding"] = coding
-        return Response(payload, media_type=media_type, headers=headers)
+        served = result.version if result.model == model else version
+        return Response(payload, media_type=media_type, headers=headers), served
 
     # -- application ---------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -198,6 +205,7 @@ class RestAPI:
             Route("/v2/repository/index", self.repository_index, methods=post),
             Route("/v2/repository/models/{model}/load", self.load, methods=post),
             Route("/v2/repository/models/{model}/unload", self.unload, methods=post),
+            Route("/v2/repository/models/{model}/promote", self.promote, methods=post),
             Route("/metrics", self.metrics_endpoint, methods=get),
         ]
 

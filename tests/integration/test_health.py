@@ -84,6 +84,9 @@ def test_reference_inputs_keep_psi_low_and_shifted_ones_raise_it(health_gateway:
     assert abs(exported - shifted["psi_overall"]) < 1e-6
     top = shifted["top_features"][0]["feature"]
     assert health_gateway.metric("batchgate_input_drift_psi", {"model": "digits_shift", "feature": top}) > 0.25
+    # Output health: the share of each predicted class over the window (all 450 answers sampled).
+    outputs = _stats(health_gateway, "digits_ref", "outputs", lambda o: o and o["answers"] >= len(held_out))["outputs"]
+    assert abs(sum(outputs["class_ratio"].values()) - 1) < 1e-9 and len(outputs["class_ratio"]) == 10
 
 
 def test_shadow_agreement_matches_the_held_out_agreement(health_gateway: GatewayProcess, demo_repository: Path) -> None:

@@ -66,3 +66,32 @@ def test_new_version_swaps_in_under_load_and_a_corrupt_one_is_refused(tmp_path: 
     last = json.loads(outcomes[-1].body)
     mlp = ort.InferenceSession(str(demo_repository / "digits_mlp" / "1" / "model.onnx"))
     assert np.allclose(last["outputs"][1]["data"], mlp.run(None, {"input": IMAGE})[1].reshape(-1), atol=1e-6)
+
+
+def test_canary_gets_its_share_and_promotion_moves_everyone(tmp_path: Path, demo_repository: Path) -> None:
+    root = tmp_path / "models"
+    write_model(
+        root,
+        "digits",
+        (demo_repository / "digits_logreg" / "1" / "model.onnx").read_bytes(),
+        {"version_policy": {"latest": 2}, "canary": {"version": 2, "percent": 20}},
+    )
+    write_model(root, "digits", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), version=2)
+    gateway = GatewayProcess(root, tmp_path / "gateway.log")
+    try:
+        gateway.wait_ready()
+        before = closed_loop(gateway.port, "/v2/models/digits/infer", BODY, users=4, duration_s=30, max_requests=1000)
+        share = sum(json.loads(o.body)["model_version"] == "2" for o in before) / len(before)
+        canary_count = gateway.metric("batchgate_requests_total", {"model": "digits", "version": "2", "code": "200"})
+        stable_meta = json.loads(gateway.get("/v2/models/digits")[1])
+        promoted = json.loads(gateway.get_post("/v2/repository/models/digits/promote"))
+        after = closed_loop(gateway.port, "/v2/models/digits/infer", BODY, users=4, duration_s=10, max_requests=200)
+    finally:
+        gateway.stop()
+    print(f"canary share {share:.1%} of {len(before)} requests (configured 20%)")
+    assert len(before) == 1000 and {o.status for o in before + after} == {200}
+    assert 0.15 <= share <= 0.25  # 20% of 1000: three standard deviations is about 3.8 points
+    assert canary_count == sum(json.loads(o.body)["model_version"] == "2" for o in before)  # its own metrics
+    assert stable_meta["versions"] == ["1", "2"]
+    assert promoted == {"model": "digits", "version": "2"}
+    assert all(json.loads(o.body)["model_version"] == "2" for o in after)
