@@ -86,7 +86,7 @@ class ShadowConfig(_Frozen):
     """Send a sample of traffic to another model too and track how often they agree."""
 
     model: str = Field(description="The shadow model (often the fallback).")
-    ratio: float = Field(0.05, ge=0, le=1, description="Fraction of answered requests mirrored.")
+    ratio: float = Field(0.01, ge=0, le=1, description="Fraction of answered requests mirrored.")
 
 
 class CanaryConfig(_Frozen):
