@@ -13,7 +13,6 @@ from __future__ import annotations
 from gateway.clock import Clock
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
 
 
 class CircuitBreaker:
