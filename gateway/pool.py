@@ -149,6 +149,9 @@ class PoolClient:
         if replica is None:
             replica = self.replicas[address] = Replica(address, local_path, CircuitBreaker(self.clock))
             self._circuit_metric(replica)
+        elif replica.draining:  # back before its removal finished (a pod that flapped): keep it
+            replica.draining = False
+            self._notify_free()
         return replica
 
     async def remove(self, address: str) -> None:
@@ -158,6 +161,8 @@ class PoolClient:
             return
         replica.draining = True
         await replica.idle.wait()
+        if not replica.draining:
+            return  # added back meanwhile
         self.replicas.pop(address, None)
         replica.close_local()
         await replica.channel.close()

@@ -47,3 +47,26 @@ def test_retry_budget() -> None:
     assert budget.withdraw() and not budget.withdraw()
     clock.advance(1)
     assert budget.withdraw()
+
+
+def test_a_replica_added_back_while_draining_is_kept() -> None:
+    import asyncio
+
+    from gateway.pool import PoolClient
+
+    async def scenario() -> None:
+        pool = PoolClient("p")
+        replica = pool.add("127.0.0.1:1")
+        pool.set_ready(replica, True)
+        held = pool.try_acquire()
+        assert held is replica
+        removal = asyncio.ensure_future(pool.remove("127.0.0.1:1"))
+        await asyncio.sleep(0)
+        assert replica.draining and pool.try_acquire() is None
+        assert pool.add("127.0.0.1:1") is replica and not replica.draining  # the address came back
+        pool.release(replica)
+        await removal
+        assert "127.0.0.1:1" in pool.replicas
+        await pool.close()
+
+    asyncio.run(scenario())
