@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc.aio
 from starlette.applications import Starlette
 
+from gateway.auth import Authenticator
 from gateway.autoscaler.controller import Controller
 from gateway.autoscaler.kube import EndpointSliceWatcher, api_client, own_namespace
 from gateway.autoscaler.scalers import DryRunScaler, LocalScaler, Scaler
@@ -54,8 +55,9 @@ class Gateway:
         self._runtime_dir: Path | None = None
         self._signature_lock = asyncio.Lock()
         self.dataplane = DataPlane(self.router, self.manager)
+        self.auth = Authenticator.from_config(config.auth)
         self.rest = RestAPI(self.dataplane, self.metrics, config.http.max_body_bytes)
-        self.app: Starlette = build_app(self.rest, lifespan=self._lifespan)
+        self.app: Starlette = build_app(self.rest, lifespan=self._lifespan, auth=self.auth)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.controller: Controller | None = None
@@ -104,7 +106,7 @@ class Gateway:
             self._tasks.append(spawn(self.controller.run(), name="autoscaler"))
         if self.config.grpc.enabled:
             self.grpc_server, self.grpc_port = await build_server(
-                GRPCFront(self.dataplane, self.metrics), self.config.grpc, self.config.http.host
+                GRPCFront(self.dataplane, self.metrics, self.auth), self.config.grpc, self.config.http.host
             )
             log.info("gRPC front listening on %s:%d", self.config.grpc.host or self.config.http.host, self.grpc_port)
 

@@ -99,6 +99,24 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    import secrets
+
+    import yaml
+
+    from gateway.auth import hash_token
+
+    token = secrets.token_urlsafe(32)
+    entry: dict[str, Any] = {"name": args.name, "sha256": hash_token(token)}
+    if args.models:
+        entry["models"] = args.models.split(",")
+    if args.admin:
+        entry["admin"] = True
+    print(f"token (shown once, give it to the client): {token}", file=sys.stderr)
+    print(yaml.safe_dump({"tokens": [entry]}, sort_keys=False), end="")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import build_demo
 
@@ -126,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "loadtest", help="locust load test with an SLO verdict (see: batchgate loadtest --help)", add_help=False
     )
+
+    tokens = commands.add_parser("token", help="bearer tokens for auth.tokens_file")
+    token_commands = tokens.add_subparsers(dest="token_command", required=True)
+    token = token_commands.add_parser("new", help="make a token; prints it once and its hashed entry")
+    token.add_argument("--name", required=True)
+    token.add_argument("--models", help="comma-separated models it may use (default: all)")
+    token.add_argument("--admin", action="store_true", help="may load, unload and promote models")
+    token.set_defaults(handler=_token)
 
     models = commands.add_parser("models", help="model repository tools")
     model_commands = models.add_subparsers(dest="models_command", required=True)

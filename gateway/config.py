@@ -189,6 +189,16 @@ class GRPCConfig(_Frozen):
     )
 
 
+class AuthConfig(_Frozen):
+    """Bearer-token authentication (off unless a tokens file is given)."""
+
+    tokens_file: Path | None = Field(None, description="YAML with hashed tokens (batchgate token new); none = off.")
+    public_paths: tuple[str, ...] = Field(
+        ("/v2/health/live", "/v2/health/ready", "/metrics"),
+        description="HTTP paths (and the matching gRPC health RPCs) served without a token.",
+    )
+
+
 class ScalingPolicy(_Frozen):
     """How the controller sizes one pool (DESIGN §7)."""
 
@@ -243,6 +253,7 @@ class ServerConfig(_Frozen):
         default_factory=lambda: {"default": PoolConfig()}, description="Worker pools by name; models pick one."
     )
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig, description="Replica controller.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
     drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
 

@@ -76,3 +76,17 @@ class Cancelled(BatchgateError):
 
     http_status = 499
     grpc_code = grpc.StatusCode.CANCELLED
+
+
+class Unauthenticated(BatchgateError):
+    """No credentials, or credentials batchgate does not know."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(BatchgateError):
+    """Known credentials without the right to this model or operation."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED

@@ -13,6 +13,7 @@ import grpc.aio
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from gateway.auth import Authenticator
 from gateway.codec import v2grpc
 from gateway.config import GRPCConfig
 from gateway.dataplane import DataPlane
@@ -54,28 +55,55 @@ def _unimplemented(name: str) -> Callable[..., Any]:
 class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``inference.GRPCInferenceService`` over the same router, batcher and statistics as HTTP."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, auth: Authenticator | None = None) -> None:
         self.dataplane = dataplane
         self.router = dataplane.router
         self.metrics = metrics
+        self.auth = auth
+
+    def check(self, context: grpc.aio.ServicerContext, model: str = "", admin: bool = False, public: str = "") -> None:
+        """Raise Unauthenticated/PermissionDenied unless the call's bearer token may do this."""
+        if self.auth is None or (public and public in self.auth.public_paths):
+            return
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+        authorization = metadata.get("authorization")
+        principal = self.auth.identify(authorization if isinstance(authorization, str) else None)
+        if admin:
+            self.auth.allow_admin(principal)
+        elif model:
+            self.auth.allow_model(principal, model)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerLiveResponse(live=True)
+        async def call() -> Any:
+            self.check(context, public="/v2/health/live")
+            return service_pb2.ServerLiveResponse(live=True)
+
+        return await _guard(context, call)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
+        async def call() -> Any:
+            self.check(context, public="/v2/health/ready")
+            return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
+
+        return await _guard(context, call)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, model=request.name)
             return service_pb2.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
         return await _guard(context, call)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return json_format.ParseDict(self.dataplane.server_metadata(), service_pb2.ServerMetadataResponse())
+        async def call() -> Any:
+            self.check(context)
+            return json_format.ParseDict(self.dataplane.server_metadata(), service_pb2.ServerMetadataResponse())
+
+        return await _guard(context, call)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, model=request.name)
             meta = self.dataplane.model_metadata(request.name, request.version)
             return json_format.ParseDict(meta, service_pb2.ModelMetadataResponse())
 
@@ -83,6 +111,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, model=request.name)
             config = json_format.ParseDict(
                 self.dataplane.model_config(request.name, request.version), model_config_pb2.ModelConfig()
             )
@@ -92,17 +121,23 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, model=request.name, admin=not request.name)
             stats = self.dataplane.statistics(request.name, request.version)
             return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
         return await _guard(context, call)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        entries = self.dataplane.repository_index(request.ready)
-        return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
+        async def call() -> Any:
+            self.check(context, admin=True)
+            entries = self.dataplane.repository_index(request.ready)
+            return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
+
+        return await _guard(context, call)
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, admin=True)
             await self.dataplane.load(request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
 
@@ -110,6 +145,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
 
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self.check(context, admin=True)
             await self.dataplane.unload(request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
 
@@ -122,6 +158,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         gauge = self.metrics.inflight.labels(model)
         gauge.inc()
         try:
+            self.check(context, model=model)
             infer_request = v2grpc.decode_request(request)
             metadata = dict(context.invocation_metadata() or ())
             infer_request.client = str(metadata.get("x-client-id") or context.peer().rsplit(":", 1)[0])

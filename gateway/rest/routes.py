@@ -11,15 +11,18 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive
 
+from gateway.auth import Authenticator
 from gateway.codec.v2http import decode_request, encode_response, error_body
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError, Cancelled, InvalidInput
 from gateway.metrics import Metrics
+from gateway.rest.auth import AuthMiddleware
 from gateway.rest.body import encode, pick_encoding, read_body
 from gateway.router import FALLBACK_HEADER
 
@@ -231,10 +234,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return Response(error_body(f"internal error: {exc!r}"), status_code=500, media_type=JSON)
 
 
-def build_app(api: RestAPI, lifespan: Any = None) -> Starlette:
-    """The Starlette application: routes plus v2-shaped error bodies for every failure."""
+def build_app(api: RestAPI, lifespan: Any = None, auth: Authenticator | None = None) -> Starlette:
+    """The Starlette application: routes, v2-shaped error bodies for every failure, and the
+    token check in front when authentication is on."""
+    middleware = [Middleware(AuthMiddleware, auth=auth)] if auth is not None else []
     return Starlette(
         routes=api.routes(),
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error, BatchgateError: _batchgate_error, Exception: _unexpected},
         lifespan=lifespan,
     )

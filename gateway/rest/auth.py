@@ -1,0 +1,47 @@
+"""Pure-ASGI authentication in front of the REST routes (no BaseHTTPMiddleware: starlette#919)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.auth import Authenticator
+from gateway.codec.v2http import error_body
+from gateway.errors import BatchgateError, Unauthenticated
+
+
+class AuthMiddleware:
+    """Refuses requests without a token allowed to do what they ask (401/403, v2 error body)."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+        self.app = app
+        self.auth = auth
+
+    def check(self, path: str, authorization: str | None) -> None:
+        if path in self.auth.public_paths:
+            return
+        principal = self.auth.identify(authorization)
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["v2", "repository"] or path == "/v2/models/stats":
+            self.auth.allow_admin(principal)
+        elif parts[:2] == ["v2", "models"] and len(parts) > 2:
+            self.auth.allow_model(principal, parts[2])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            self.check(scope["path"], authorization)
+        except BatchgateError as exc:
+            headers = [(b"content-type", b"application/json")]
+            if isinstance(exc, Unauthenticated):
+                headers.append((b"www-authenticate", b'Bearer realm="batchgate"'))
+            await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+            await send({"type": "http.response.body", "body": error_body(exc.message)})
+            return
+        await self.app(scope, receive, send)
