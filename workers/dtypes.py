@@ -79,7 +79,3 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int) -> npt.NDArray[np.
         raise ValueError(f"BYTES data has {end - offset} bytes after its {count} elements")
     return out
 
-
-def byte_size(datatype: str, count: int) -> int:
-    """Size in bytes of ``count`` fixed-width elements of ``datatype``."""
-    return V2_TO_NUMPY[datatype].itemsize * count
