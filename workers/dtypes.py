@@ -78,4 +78,3 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int) -> npt.NDArray[np.
     if offset != end:
         raise ValueError(f"BYTES data has {end - offset} bytes after its {count} elements")
     return out
-
