@@ -25,6 +25,7 @@ from gateway.config import KubernetesDiscovery, ScalingPolicy, ServerConfig
 from gateway.dataplane import DataPlane
 from gateway.grpc_api.servicer import GRPCFront, build_server
 from gateway.lifecycle import HEALTH_TICK_S, ModelManager
+from gateway.limits import ClientLimiter
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.repository import check_references, scan_repository
@@ -56,7 +57,8 @@ class Gateway:
         self._signature_lock = asyncio.Lock()
         self.dataplane = DataPlane(self.router, self.manager)
         self.auth = Authenticator.from_config(config.auth)
-        self.rest = RestAPI(self.dataplane, self.metrics, config.http.max_body_bytes)
+        self.limiter = ClientLimiter(config.limits.per_client, self.clock)
+        self.rest = RestAPI(self.dataplane, self.metrics, config.http.max_body_bytes, config.limits, self.limiter)
         self.app: Starlette = build_app(self.rest, lifespan=self._lifespan, auth=self.auth)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
@@ -105,8 +107,9 @@ class Gateway:
             self.controller = self._embedded_controller()
             self._tasks.append(spawn(self.controller.run(), name="autoscaler"))
         if self.config.grpc.enabled:
+            front = GRPCFront(self.dataplane, self.metrics, self.auth, self.config.limits, self.limiter)
             self.grpc_server, self.grpc_port = await build_server(
-                GRPCFront(self.dataplane, self.metrics, self.auth), self.config.grpc, self.config.http.host
+                front, self.config.grpc, self.config.http.host, self.config.tls
             )
             log.info("gRPC front listening on %s:%d", self.config.grpc.host or self.config.http.host, self.grpc_port)
 

@@ -12,11 +12,14 @@ from gateway import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import ssl
+
     import uvicorn
 
     from gateway import logs
     from gateway.app import Gateway
     from gateway.config import ConfigError, load_server_config
+    from gateway.rest.protocol import guarded_protocol
     from gateway.server import DrainingServer
 
     overrides: dict[str, Any] = {}
@@ -46,7 +49,12 @@ def _serve(args: argparse.Namespace) -> int:
             host=config.http.host,
             port=config.http.port,
             loop="uvloop",
-            http="httptools",
+            http=guarded_protocol(config.limits),
+            ssl_certfile=config.tls.cert_file,
+            ssl_keyfile=config.tls.key_file,
+            ssl_ca_certs=config.tls.client_ca_file,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls.client_ca_file else ssl.CERT_NONE,
+            timeout_keep_alive=5,
             lifespan="on",
             access_log=False,
             log_config=None,

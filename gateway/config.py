@@ -144,6 +144,21 @@ class KubernetesDiscovery(_Frozen):
     api_url: str | None = Field(None, description="API server URL; empty = in-cluster, then kubeconfig.")
 
 
+class WorkerTLS(_Frozen):
+    """TLS from the gateway to a pool's gRPC workers; a client certificate makes it mutual."""
+
+    ca_file: Path = Field(description="CA bundle that signed the workers' certificates.")
+    cert_file: Path | None = Field(None, description="Gateway's client certificate (mTLS).")
+    key_file: Path | None = Field(None, description="Its private key.")
+    server_name: str | None = Field(None, description="Name to check in the workers' certificates; default: host.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> WorkerTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class PoolConfig(_Frozen):
     """A pool of worker replicas: local processes, or given endpoints of v2 gRPC servers."""
 
@@ -168,6 +183,15 @@ class PoolConfig(_Frozen):
     local_fast_path: bool = Field(
         True, description="Send batches to local unix-socket workers over framed protobuf instead of gRPC."
     )
+    tls: WorkerTLS | None = Field(
+        None, description="TLS (mTLS with a client certificate) to the workers of endpoints/discovery pools."
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_remote(self) -> PoolConfig:
+        if self.tls is not None and not self.endpoints and self.discovery is None:
+            raise ValueError("tls applies to endpoints/discovery pools; local workers use a private unix socket")
+        return self
 
 
 class HTTPConfig(_Frozen):
@@ -187,6 +211,50 @@ class GRPCConfig(_Frozen):
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=4 * 1024 * 1024, description="Largest gRPC message in either direction."
     )
+
+
+class TLSConfig(_Frozen):
+    """TLS on the HTTP and gRPC listeners (off unless a certificate is given)."""
+
+    cert_file: Path | None = Field(None, description="Server certificate chain (PEM); none = plain text.")
+    key_file: Path | None = Field(None, description="Its private key (PEM).")
+    client_ca_file: Path | None = Field(None, description="Require client certificates signed by this CA (mTLS).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        return self
+
+
+class ClientLimits(_Frozen):
+    """What one client may ask of the gateway (inference calls, both fronts)."""
+
+    key: Literal["auto", "client_id"] = Field(
+        "auto",
+        description="Who a client is: auto = token name when auth is on, else peer address; "
+        "client_id = the x-client-id header (only behind a proxy you trust).",
+    )
+    rate_per_s: float = Field(0.0, ge=0, description="Token-bucket refill, requests per second; 0 = no rate limit.")
+    burst: int = Field(0, ge=0, description="Bucket size; 0 = one second of rate.")
+    max_concurrency: int = Field(256, ge=0, description="In-flight requests per client; more get 429; 0 = no limit.")
+
+
+class LimitsConfig(_Frozen):
+    """Abuse limits; the defaults protect a small server (DESIGN: bad input gets a 4xx, never a 500)."""
+
+    max_tensor_elements: int = Field(
+        1 << 26, ge=1, description="Elements one request may declare over all inputs; more get 413."
+    )
+    max_json_depth: int = Field(32, ge=2, description="Nesting of JSON tensor data; deeper gets 400.")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Request line and headers; more get 431.")
+    max_connections: int = Field(1024, ge=1, description="Open HTTP connections; more get 503 and are closed.")
+    max_grpc_rpcs: int = Field(1024, ge=1, description="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")
+    header_timeout_s: float = Field(10.0, gt=0, description="Time to send a request's headers; then 408 and close.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Time to send a request's body; then 408 and close.")
+    per_client: ClientLimits = Field(default_factory=ClientLimits, description="Per-client rate and concurrency.")
 
 
 class AuthConfig(_Frozen):
@@ -254,6 +322,8 @@ class ServerConfig(_Frozen):
     )
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig, description="Replica controller.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
+    tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS on both listeners.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Abuse limits.")
     drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
 
@@ -338,42 +408,7 @@ def load_model_config(path: Path) -> ModelConfig:
         raise ConfigError(format_validation_error(str(path), exc)) from None
 
 
-def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
-    rows = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if nested is None and name == "fallback":
-            nested = FallbackConfig
-        mappings: dict[str, type[BaseModel]] = {
-            "pools": PoolConfig,
-            "policies": ScalingPolicy,
-            "kubernetes": KubernetesTarget,
-        }
-        mapping = mappings.get(name)
-        if nested is None and mapping is not None:
-            shown_default = "{default: {}}" if name == "pools" else "{}"
-            rows.append(f"| `{prefix}{name}` | `{shown_default}` | {field.description} |")
-            rows.extend(_reference_rows(mapping, f"{prefix}{name}.<pool>."))
-            continue
-        if nested is None and name == "discovery":
-            nested = KubernetesDiscovery
-        if nested is not None:
-            rows.extend(_reference_rows(nested, f"{prefix}{name}."))
-            continue
-        default = "" if field.is_required() else field.get_default(call_default_factory=True)
-        shown = list(default) if isinstance(default, tuple) else default
-        rows.append(f"| `{prefix}{name}` | `{shown}` | {field.description} |")
-    return rows
-
-
-def reference() -> str:
-    """Markdown tables of every setting with its default and meaning (the README embeds this)."""
-    header = ["| setting | default | meaning |", "|---|---|---|"]
-    server = "\n".join(["#### `batchgate.yaml`", "", *header, *_reference_rows(ServerConfig, "")])
-    model = "\n".join(["#### `models/<name>/config.yaml`", "", *header, *_reference_rows(ModelConfig, "")])
-    return f"{server}\n\n{model}\n"
-
-
 if __name__ == "__main__":
+    from gateway.config_reference import reference
+
     print(reference(), end="")

@@ -90,3 +90,14 @@ class PermissionDenied(BatchgateError):
 
     http_status = 403
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RequestTimeout(BatchgateError):
+    """The client was too slow sending its request; the connection is closed."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RateLimited(Overloaded):
+    """This client is over its own rate or concurrency; others are unaffected."""

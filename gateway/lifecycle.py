@@ -52,8 +52,9 @@ class ModelManager:
     def pool_for(self, name: str) -> PoolClient:
         pool = self.pools.get(name)
         if pool is None:
+            config = self.config.pools[name]
             pool = self.pools[name] = PoolClient(
-                name, self.config.pools[name].inflight_per_replica, clock=self.clock, metrics=self.metrics
+                name, config.inflight_per_replica, clock=self.clock, metrics=self.metrics, tls=config.tls
             )
         return pool
 

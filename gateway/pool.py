@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.autoscaler.signals import LoadTracker
 from gateway.circuit import OPEN, CircuitBreaker, RetryBudget
 from gateway.clock import Clock, MonotonicClock
+from gateway.config import WorkerTLS
 from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
 from gateway.local_transport import LocalConnection
 from gateway.metrics import Metrics
@@ -60,17 +61,34 @@ def error_for(code: grpc.StatusCode, detail: str, address: str) -> BatchgateErro
     return WorkerError(detail)
 
 
+def open_channel(address: str, tls: WorkerTLS | None) -> grpc.aio.Channel:
+    """A channel to a worker: plain, TLS, or mutual TLS when a client certificate is configured."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_file.read_bytes(),
+        private_key=tls.key_file.read_bytes() if tls.key_file is not None else None,
+        certificate_chain=tls.cert_file.read_bytes() if tls.cert_file is not None else None,
+    )
+    options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
 class Replica:
     """One worker endpoint and its gateway-side bookkeeping.
 
     ``local_path`` names the worker's framed unix socket when it runs on this machine.
     """
 
-    def __init__(self, address: str, local_path: str | None, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, address: str, local_path: str | None, breaker: CircuitBreaker, tls: WorkerTLS | None = None
+    ) -> None:
         self.address = address
         self.local_path = local_path
         self.breaker = breaker
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.channel = open_channel(address, tls)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.outstanding = 0
         self.ready = False
@@ -129,8 +147,10 @@ class PoolClient:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         max_ejected_ratio: float = 0.5,
+        tls: WorkerTLS | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.clock = clock or MonotonicClock()
         self.metrics = metrics
         self.max_ejected_ratio = max_ejected_ratio
@@ -147,7 +167,7 @@ class PoolClient:
     def add(self, address: str, local_path: str | None = None) -> Replica:
         replica = self.replicas.get(address)
         if replica is None:
-            replica = self.replicas[address] = Replica(address, local_path, CircuitBreaker(self.clock))
+            replica = self.replicas[address] = Replica(address, local_path, CircuitBreaker(self.clock), self.tls)
             self._circuit_metric(replica)
         elif replica.draining:  # back before its removal finished (a pod that flapped): keep it
             replica.draining = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -81,9 +82,17 @@ class GatewayProcess:
     """``batchgate serve`` as a child process on a free loopback port."""
 
     def __init__(
-        self, repository: Path, log_path: Path, config: dict[str, Any] | None = None, replicas: int = 2
+        self,
+        repository: Path,
+        log_path: Path,
+        config: dict[str, Any] | None = None,
+        replicas: int = 2,
+        ca_file: Path | None = None,
     ) -> None:
+        """``ca_file``: the gateway serves TLS; :meth:`get` trusts this CA."""
         self.port = free_port()
+        self.scheme = "https" if ca_file is not None else "http"
+        self.ssl_context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
         self.grpc_port = free_port()
         self.repository = repository
         self.log_path = log_path
@@ -122,14 +131,16 @@ class GatewayProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://{self.url}{path}", timeout=5) as response:
+            with urllib.request.urlopen(
+                f"{self.scheme}://{self.url}{path}", timeout=5, context=self.ssl_context
+            ) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
     def get_post(self, path: str, body: bytes = b"{}") -> bytes:
-        request = urllib.request.Request(f"http://{self.url}{path}", data=body, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
+        request = urllib.request.Request(f"{self.scheme}://{self.url}{path}", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10, context=self.ssl_context) as response:
             payload: bytes = response.read()
         return payload
 

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="info")
+    tls = parser.add_argument_group("TLS on the gRPC port (mutual when --tls-client-ca is given)")
+    tls.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")
     faults = parser.add_argument_group("fault injection (tests and chaos runs only)")
     faults.add_argument("--fault-delay-ms", type=float, default=0.0, help="add this latency to every batch")
     faults.add_argument("--fault-error-ratio", type=float, default=0.0, help="fail this fraction of batches")
@@ -130,7 +134,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    if server.add_insecure_port(args.listen) == 0 and not args.listen.startswith("unix:"):
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
+        log.error("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
+        return 2
+    if args.tls_cert is not None:
+        client_ca = args.tls_client_ca.read_bytes() if args.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(args.tls_key.read_bytes(), args.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(args.listen, credentials)
+    else:
+        port = server.add_insecure_port(args.listen)
+    if port == 0 and not args.listen.startswith("unix:"):
         log.error("cannot listen on %s", args.listen)
         return 1
     server.start()

@@ -11,6 +11,7 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2
 
+from gateway.codec import DEFAULT_LIMITS, DecodeLimits, count_elements
 from gateway.errors import InvalidInput
 from gateway.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from workers.dtypes import V2_TO_NUMPY
@@ -25,19 +26,23 @@ def parameter_value(param: Any) -> Any:
     return None if kind is None else getattr(param, kind)
 
 
-def decode_request(request: Any) -> InferRequest:
-    """Decode a ModelInferRequest; raises :class:`InvalidInput` naming what is wrong."""
+def decode_request(request: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Decode a ModelInferRequest; raises :class:`InvalidInput` (or 413 past ``limits``) naming what is wrong."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     if not request.inputs:
         raise InvalidInput("request has no inputs")
     inputs = []
+    elements = 0
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
         if tensor.datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unsupported datatype {tensor.datatype!r}")
         shape = tuple(int(dim) for dim in tensor.shape)
+        if any(dim < 0 for dim in shape):
+            raise InvalidInput(f"input '{name}': shape must not have negative dimensions")
+        elements = count_elements(elements, shape, name, limits.max_elements)
         try:
             if raw:
                 data = array_from_raw(tensor.datatype, shape, raw[index])

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.codec import DEFAULT_LIMITS, DecodeLimits, count_elements
 from gateway.errors import InvalidInput
 from gateway.types import Array, InferRequest, InferResponse, InputTensor, RequestedOutput
 from workers.dtypes import V2_TO_NUMPY
@@ -50,8 +51,21 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Array:
+def _nesting(data: Any, name: str, max_depth: int) -> None:
+    """Refuse data nested deeper than ``max_depth`` (followed down the first elements: cheap)."""
+    depth = 0
+    while isinstance(data, list):
+        depth += 1
+        if depth > max_depth:
+            raise InvalidInput(f"input '{name}': data is nested more than {max_depth} levels deep")
+        if not data:
+            return
+        data = data[0]
+
+
+def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, max_depth: int = 32) -> Array:
     """Array from JSON ``data`` (flat or nested) declared as ``datatype`` of ``shape``."""
+    _nesting(data, name, max_depth)
     count = element_count(shape)
     if datatype == "BYTES":
         flat = _flatten(data)
@@ -69,8 +83,10 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -
     return array.reshape(shape)
 
 
-def decode_request(model: str, version: str, body: bytes, header_length: int | None) -> InferRequest:
-    """Decode a v2 infer body; raises :class:`InvalidInput` naming what is wrong."""
+def decode_request(
+    model: str, version: str, body: bytes, header_length: int | None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> InferRequest:
+    """Decode a v2 infer body; raises :class:`InvalidInput` (or 413 past ``limits``) naming what is wrong."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
@@ -90,6 +106,7 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
 
     inputs: list[InputTensor] = []
     offset = 0
+    elements = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InvalidInput("each input must be an object with a string 'name'")
@@ -98,6 +115,7 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
         if datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unsupported datatype {datatype!r}")
         shape = _shape(raw.get("shape"), name)
+        elements = count_elements(elements, shape, name, limits.max_elements)
         params = _mapping(raw.get("parameters"), f"input '{name}' parameters")
         size = params.get("binary_data_size")
         if size is not None:
@@ -111,7 +129,7 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
                 raise InvalidInput(f"input '{name}': {exc}") from None
             offset += size
         elif "data" in raw:
-            data = json_to_array(name, datatype, shape, raw["data"])
+            data = json_to_array(name, datatype, shape, raw["data"], limits.max_depth)
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
         inputs.append(InputTensor(name, datatype, shape, data))

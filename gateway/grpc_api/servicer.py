@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -14,10 +15,11 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway.auth import Authenticator
-from gateway.codec import v2grpc
-from gateway.config import GRPCConfig
+from gateway.codec import DecodeLimits, v2grpc
+from gateway.config import GRPCConfig, LimitsConfig, TLSConfig
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError
+from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 
 log = logging.getLogger("batchgate.grpc")
@@ -40,8 +42,15 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Coroutine
     try:
         return await call()
     except BatchgateError as exc:
-        await context.abort(exc.grpc_code, exc.message)
+        await _abort(context, exc)
         raise  # abort raises; this line only satisfies the type checker
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BatchgateError) -> None:
+    trailer: tuple[tuple[str, str], ...] = ()
+    if exc.retry_after_s is not None:
+        trailer = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailer)
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
@@ -55,16 +64,28 @@ def _unimplemented(name: str) -> Callable[..., Any]:
 class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """``inference.GRPCInferenceService`` over the same router, batcher and statistics as HTTP."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics,
+        auth: Authenticator | None = None,
+        limits: LimitsConfig | None = None,
+        limiter: ClientLimiter | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.router = dataplane.router
         self.metrics = metrics
         self.auth = auth
+        self.limits = limits or LimitsConfig()
+        self.decode_limits = DecodeLimits(self.limits.max_tensor_elements, self.limits.max_json_depth)
+        self.limiter = limiter if limiter is not None and limiter.enabled else None
 
-    def check(self, context: grpc.aio.ServicerContext, model: str = "", admin: bool = False, public: str = "") -> None:
-        """Raise Unauthenticated/PermissionDenied unless the call's bearer token may do this."""
+    def check(
+        self, context: grpc.aio.ServicerContext, model: str = "", admin: bool = False, public: str = ""
+    ) -> str | None:
+        """The token's name (None when auth is off or the call is public); raises 401/403 equivalents."""
         if self.auth is None or (public and public in self.auth.public_paths):
-            return
+            return None
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
         authorization = metadata.get("authorization")
         principal = self.auth.identify(authorization if isinstance(authorization, str) else None)
@@ -72,6 +93,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             self.auth.allow_admin(principal)
         elif model:
             self.auth.allow_model(principal, model)
+        return principal.name
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
@@ -157,11 +179,17 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         code = 200
         gauge = self.metrics.inflight.labels(model)
         gauge.inc()
+        release = None
         try:
-            self.check(context, model=model)
-            infer_request = v2grpc.decode_request(request)
+            principal = self.check(context, model=model)
             metadata = dict(context.invocation_metadata() or ())
-            infer_request.client = str(metadata.get("x-client-id") or context.peer().rsplit(":", 1)[0])
+            peer = context.peer().rsplit(":", 1)[0]
+            client_id = metadata.get("x-client-id")
+            if self.limiter is not None:
+                key = client_key(self.limits.per_client.key, principal, str(client_id or ""), peer)
+                release = self.limiter.acquire(key)
+            infer_request = v2grpc.decode_request(request, self.decode_limits)
+            infer_request.client = str(client_id or peer)
             remaining = context.time_remaining()
             timeout_ms = remaining * 1000 if remaining is not None and not infer_request.timeout_us else None
             try:
@@ -175,8 +203,10 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
             return v2grpc.encode_response(response)
         except BatchgateError as exc:
             code = exc.http_status
-            await context.abort(exc.grpc_code, exc.message)
+            await _abort(context, exc)
         finally:
+            if release is not None:
+                release()
             gauge.dec()
             self.router.record(model, version, code, time.perf_counter() - started)
 
@@ -190,17 +220,36 @@ for _name in UNIMPLEMENTED:
     setattr(GRPCFront, _name, _unimplemented(_name))
 
 
-async def build_server(front: GRPCFront, config: GRPCConfig, default_host: str) -> tuple[grpc.aio.Server, int]:
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured files (client certificates required when a CA is given)."""
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def build_server(
+    front: GRPCFront, config: GRPCConfig, default_host: str, tls: TLSConfig | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on the running event loop; returns it and its bound port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
-        ]
+        ],
+        maximum_concurrent_rpcs=front.limits.max_grpc_rpcs,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(front, server)
     host = config.host or default_host
-    port = server.add_insecure_port(f"{host}:{config.port}")
+    credentials = server_credentials(tls) if tls is not None else None
+    if credentials is not None:
+        port = server.add_secure_port(f"{host}:{config.port}", credentials)
+    else:
+        port = server.add_insecure_port(f"{host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{config.port}")
     await server.start()

@@ -16,15 +16,17 @@ class AuthMiddleware:
         self.app = app
         self.auth = auth
 
-    def check(self, path: str, authorization: str | None) -> None:
+    def check(self, path: str, authorization: str | None) -> str | None:
+        """The token's name, None on a public path; raises 401/403."""
         if path in self.auth.public_paths:
-            return
+            return None
         principal = self.auth.identify(authorization)
         parts = path.strip("/").split("/")
         if parts[:2] == ["v2", "repository"] or path == "/v2/models/stats":
             self.auth.allow_admin(principal)
         elif parts[:2] == ["v2", "models"] and len(parts) > 2:
             self.auth.allow_model(principal, parts[2])
+        return principal.name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,7 +38,7 @@ class AuthMiddleware:
                 authorization = value.decode("latin-1")
                 break
         try:
-            self.check(scope["path"], authorization)
+            principal = self.check(scope["path"], authorization)
         except BatchgateError as exc:
             headers = [(b"content-type", b"application/json")]
             if isinstance(exc, Unauthenticated):
@@ -44,4 +46,6 @@ class AuthMiddleware:
             await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
             await send({"type": "http.response.body", "body": error_body(exc.message)})
             return
+        if principal is not None:  # the per-client limits key on it (gateway.limits.client_key)
+            scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

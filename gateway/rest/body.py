@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 
 from starlette.requests import Request
 
-from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes before or after decompression."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes (before or after decompression) or a
+    client that takes longer than ``timeout_s`` to send it (slow-loris)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _receive(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
+    return _decode(request, body, limit)
+
+
+async def _receive(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -29,7 +40,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         if received > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _decode(request: Request, body: bytes, limit: int) -> bytes:
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding in ("", "identity"):
         return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -18,9 +19,12 @@ from starlette.routing import Route
 from starlette.types import Receive
 
 from gateway.auth import Authenticator
+from gateway.codec import DecodeLimits
 from gateway.codec.v2http import decode_request, encode_response, error_body
+from gateway.config import LimitsConfig
 from gateway.dataplane import DataPlane
-from gateway.errors import BatchgateError, Cancelled, InvalidInput
+from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeout
+from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 from gateway.rest.auth import AuthMiddleware
 from gateway.rest.body import encode, pick_encoding, read_body
@@ -38,7 +42,12 @@ def _json(doc: Any, status: int = 200) -> Response:
 def error_response(error: BatchgateError) -> Response:
     headers = {}
     if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if isinstance(error, RequestTimeout):
+        # A slow client's half-sent body must not be read as the next request. A refused
+        # large body (413) is instead discarded as it arrives, so the client, still
+        # sending, reads its answer; the protocol's body deadline bounds that.
+        headers["Connection"] = "close"
     return Response(error_body(error.message), status_code=error.http_status, media_type=JSON, headers=headers)
 
 
@@ -52,11 +61,24 @@ async def _disconnected(receive: Receive) -> None:
 class RestAPI:
     """Handlers bound to one data plane; :meth:`routes` lists them for the Starlette application."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics,
+        max_body_bytes: int,
+        limits: LimitsConfig | None = None,
+        limiter: ClientLimiter | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.router = dataplane.router
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.limits = limits or LimitsConfig()
+        self.decode_limits = DecodeLimits(self.limits.max_tensor_elements, self.limits.max_json_depth)
+        self.limiter = limiter if limiter is not None and limiter.enabled else None
+
+    def _read(self, request: Request, limit: int) -> Any:
+        return read_body(request, limit, self.limits.body_timeout_s)
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
@@ -86,7 +108,7 @@ class RestAPI:
         return _json(self.dataplane.statistics(params.get("model", ""), params.get("version", "")))
 
     async def repository_index(self, request: Request) -> Response:
-        body = await read_body(request, 64 * 1024)
+        body = await self._read(request, 64 * 1024)
         ready_only = False
         if body.strip():
             try:
@@ -99,17 +121,17 @@ class RestAPI:
         return _json(self.dataplane.repository_index(ready_only))
 
     async def load(self, request: Request) -> Response:
-        await read_body(request, 64 * 1024)
+        await self._read(request, 64 * 1024)
         await self.dataplane.load(request.path_params["model"])
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
-        await read_body(request, 64 * 1024)
+        await self._read(request, 64 * 1024)
         await self.dataplane.unload(request.path_params["model"])
         return Response(status_code=200)
 
     async def promote(self, request: Request) -> Response:
-        await read_body(request, 64 * 1024)
+        await self._read(request, 64 * 1024)
         version = self.dataplane.promote(request.path_params["model"])
         return _json({"model": request.path_params["model"], "version": version})
 
@@ -124,7 +146,10 @@ class RestAPI:
         code = 200
         gauge = self.metrics.inflight.labels(model)
         gauge.inc()
+        release = None
         try:
+            if self.limiter is not None:
+                release = self.limiter.acquire(self._client_key(request))
             response, version = await self._infer(request, model, version)
         except BatchgateError as exc:
             code = exc.http_status
@@ -133,13 +158,21 @@ class RestAPI:
             code = Cancelled.http_status
             raise
         finally:
+            if release is not None:
+                release()
             gauge.dec()
             self.router.record(model, version, code, time.perf_counter() - started)
         return response
 
+    def _client_key(self, request: Request) -> str:
+        peer = request.client
+        principal = request.scope.get("state", {}).get("principal")
+        mode = self.limits.per_client.key
+        return client_key(mode, principal, request.headers.get("x-client-id"), peer.host if peer else None)
+
     async def _infer(self, request: Request, model: str, version: str) -> tuple[Response, str]:
         """The response, and the version that served it (for the metrics)."""
-        body = await read_body(request, self.max_body_bytes)
+        body = await self._read(request, self.max_body_bytes)
         header_length = request.headers.get("inference-header-content-length")
         length = None
         if header_length is not None:
@@ -147,7 +180,7 @@ class RestAPI:
                 length = int(header_length)
             except ValueError:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
-        infer_request = decode_request(model, version, body, length)
+        infer_request = decode_request(model, version, body, length, self.decode_limits)
         peer = request.client
         infer_request.client = request.headers.get("x-client-id") or (peer.host if peer else None)
         timeout_ms = None

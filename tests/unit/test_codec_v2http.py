@@ -91,3 +91,33 @@ def test_encode_json_and_binary_outputs_per_output() -> None:
 
     body, length = encode_response(response, _request())
     assert length is None and json.loads(body)["outputs"][0]["data"] == [1.5, 2.5]
+
+
+def test_declared_elements_over_the_limit_are_413_before_any_tensor_is_built() -> None:
+    from gateway.codec import DecodeLimits
+    from gateway.errors import PayloadTooLarge
+
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1000, 1000, 1000], "data": [1.0]}]}
+    with pytest.raises(PayloadTooLarge) as info:
+        decode_request("m", "", json.dumps(doc).encode(), None)
+    assert info.value.http_status == 413 and "x" in info.value.message
+    two = {"inputs": [{"name": n, "datatype": "FP32", "shape": [1, 6], "data": [0.0] * 6} for n in ("a", "b")]}
+    decode_request("m", "", json.dumps(two).encode(), None, DecodeLimits(max_elements=12))
+    with pytest.raises(PayloadTooLarge):  # the limit is per request, over all inputs
+        decode_request("m", "", json.dumps(two).encode(), None, DecodeLimits(max_elements=11))
+
+
+def test_data_nested_deeper_than_the_limit_is_400() -> None:
+    from gateway.codec import DecodeLimits
+
+    nested: object = [1.0]
+    for _ in range(9):
+        nested = [nested]
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * 10, "data": nested}]}
+    decode_request("m", "", json.dumps(doc).encode(), None, DecodeLimits(max_depth=10))
+    with pytest.raises(InvalidInput) as info:
+        decode_request("m", "", json.dumps(doc).encode(), None, DecodeLimits(max_depth=9))
+    assert "nested more than 9 levels" in info.value.message
+    with pytest.raises(InvalidInput) as info:  # past the parser's own limit: still a 400, never a crash
+        decode_request("m", "", b'{"inputs": [{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", None)
+    assert "not valid JSON" in info.value.message

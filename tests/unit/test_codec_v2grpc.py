@@ -1,0 +1,34 @@
+"""The gRPC codec's own checks (the rest is exercised through tritonclient.grpc in integration tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+
+from gateway.codec import DecodeLimits
+from gateway.codec.v2grpc import decode_request
+from gateway.errors import InvalidInput, PayloadTooLarge
+
+
+def _request(shape: list[int], raw: bytes) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+def test_declared_elements_over_the_limit_are_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge) as info:
+        decode_request(_request([10**9, 64], b"\0" * 4))
+    assert "elements" in info.value.message
+    ok = np.arange(8, dtype=np.float32)
+    decoded = decode_request(_request([2, 4], ok.tobytes()), DecodeLimits(max_elements=8))
+    np.testing.assert_array_equal(decoded.inputs[0].data, ok.reshape(2, 4))
+    with pytest.raises(PayloadTooLarge):
+        decode_request(_request([2, 4], ok.tobytes()), DecodeLimits(max_elements=7))
+
+
+def test_negative_dimensions_are_400() -> None:
+    with pytest.raises(InvalidInput, match="negative"):
+        decode_request(_request([-1, 4], b""))
