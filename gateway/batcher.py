@@ -55,6 +55,7 @@ class ModelBatcher:
         self.metrics = metrics
         self.max_rows = max(config.max_batch_size, 1)
         self.max_delay_s = config.max_queue_delay_us / 1e6
+        self.adaptive = config.adaptive
         self.preferred = frozenset(config.preferred_batch_sizes)
         self.preferred_max = max(config.preferred_batch_sizes, default=self.max_rows)
         self.queue = RequestQueue(config.priority_levels, config.max_queue_size, config.aging_ms / 1000)
@@ -201,6 +202,8 @@ class ModelBatcher:
         remaining = self.max_delay_s - (now - head.enqueued)
         if remaining <= 0:
             return 0.0
+        if not self.adaptive:
+            return remaining
         slack = head.deadline - now - self.latency.predict(self.max_rows)
         if slack <= 0:
             return 0.0

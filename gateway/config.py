@@ -47,6 +47,11 @@ class BatchingConfig(_Frozen):
         True, description="Answer 429 at once when a request would be answered later than the SLO p99."
     )
     aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
+    adaptive: bool = Field(
+        True,
+        description="Close batches early by the deadline and arrival-rate rules; false = wait the full "
+        "max_queue_delay_us unless full (Triton-style, for comparison).",
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> BatchingConfig:

@@ -125,3 +125,20 @@ def test_priority_maps_to_levels() -> None:
     assert [batcher.level_of(p) for p in (1, 2, 3, 9, 0)] == [0, 1, 2, 2, 2]
     batcher = _batcher(FakeClock(), priority_levels=3, default_priority=1)
     assert batcher.level_of(0) == 0
+
+
+def test_fixed_delay_mode_waits_the_full_delay_even_for_a_lone_request() -> None:
+    """adaptive: false is the Triton-style baseline the benchmark compares against."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, max_queue_delay_us=2_000, max_batch_size=4, adaptive=False)
+        head = batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert abs(batcher.close_in(head, clock.now()) - 0.002) < 1e-9
+        clock.advance(0.0021)
+        assert batcher.close_in(head, clock.now()) <= 0
+        for _ in range(4):
+            batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0  # full closes at once in both modes
+
+    asyncio.run(scenario())
