@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc.aio
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway.auth import Authenticator
 from gateway.autoscaler.controller import Controller
@@ -29,6 +30,8 @@ from gateway.limits import ClientLimiter
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.repository import check_references, scan_repository
+from gateway.rest.auth import AuthMiddleware
+from gateway.rest.infer import InferFront
 from gateway.rest.routes import RestAPI, build_app
 from gateway.router import Router
 from gateway.supervisor import LocalSupervisor
@@ -58,8 +61,12 @@ class Gateway:
         self.dataplane = DataPlane(self.router, self.manager)
         self.auth = Authenticator.from_config(config.auth)
         self.limiter = ClientLimiter(config.limits.per_client, self.clock)
-        self.rest = RestAPI(self.dataplane, self.metrics, config.http.max_body_bytes, config.limits, self.limiter)
-        self.app: Starlette = build_app(self.rest, lifespan=self._lifespan, auth=self.auth)
+        self.rest = RestAPI(self.dataplane, self.metrics, config.limits)
+        # The middleware stack, outermost first: token check, the inference fast path, then
+        # Starlette for everything else (see gateway/rest/infer.py for why infer skips it).
+        api = build_app(self.rest, lifespan=self._lifespan)
+        front = InferFront(api, self.router, self.metrics, config.http.max_body_bytes, config.limits, self.limiter)
+        self.app: ASGIApp = AuthMiddleware(front, self.auth) if self.auth is not None else front
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.controller: Controller | None = None

@@ -21,18 +21,23 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
             body = await _receive(request, limit)
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
-    return _decode(request, body, limit)
+    return decode_content(body, request.headers.get("content-encoding"), limit)
+
+
+def check_declared(declared: str, limit: int) -> None:
+    """413 at once for a Content-Length over ``limit`` (400 if it is not a number)."""
+    try:
+        size = int(declared)
+    except ValueError:
+        raise InvalidInput(f"Content-Length {declared!r} is not a number") from None
+    if size > limit:
+        raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
 
 
 async def _receive(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput(f"Content-Length {declared!r} is not a number") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
+        check_declared(declared, limit)
     chunks = []
     received = 0
     async for chunk in request.stream():
@@ -43,8 +48,9 @@ async def _receive(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _decode(request: Request, body: bytes, limit: int) -> bytes:
-    coding = request.headers.get("content-encoding", "identity").strip().lower()
+def decode_content(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body without its content coding (gzip, deflate), still within ``limit`` bytes."""
+    coding = (content_encoding or "identity").strip().lower()
     if coding in ("", "identity"):
         return body
     wbits = _DECODERS.get(coding)
