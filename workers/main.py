@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -151,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s", args.listen)
         return 1
     server.start()
+    gc.collect()
+    gc.freeze()  # the loaded models and imports stay: keep full collections from rescanning them
     local = None
     if args.listen_local is not None:
         local = LocalServer(args.listen_local, servicer)
