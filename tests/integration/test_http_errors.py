@@ -141,7 +141,7 @@ def tiny_queue_gateway(tmp_path_factory: pytest.TempPathFactory, demo_repository
         root,
         "mlp",
         (demo_repository / "mlp" / "1" / "model.onnx").read_bytes(),
-        {"batching": {"max_batch_size": 64, "max_queue_size": 2}},
+        {"batching": {"max_batch_size": 64, "max_queue_size": 2, "shed_over_slo": False}},  # only the queue bound
     )
     log = tmp_path_factory.mktemp("logs") / "tiny.log"
     process = GatewayProcess(

@@ -25,7 +25,7 @@ def _batcher(clock: FakeClock, fixed_s: float = 0.0, **batching: object) -> Mode
     batcher = ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
     if fixed_s:
         for rows in (1, 8, 1, 8):
-            batcher.occupancy.observe(rows, fixed_s + 0.001 * rows)
+            batcher.latency.observe(rows, fixed_s + 0.001 * rows)
     return batcher
 
 
@@ -140,5 +140,22 @@ def test_fixed_delay_mode_waits_the_full_delay_even_for_a_lone_request() -> None
         for _ in range(4):
             batcher.submit(_checked(), deadline=clock.now() + 1)
         assert batcher.close_in(head, clock.now()) <= 0  # full closes at once in both modes
+
+    asyncio.run(scenario())
+
+
+def test_a_freed_slot_waits_for_its_share_of_the_rows_in_flight() -> None:
+    """Balance rule: with two slots and 8 rows in flight, 3 queued rows wait; 8 go at once."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        pool = PoolClient("p")
+        pool.usable_slots = lambda: 2  # type: ignore[method-assign]  # two slots, neither handed out here
+        batcher = ModelBatcher("m", "1", BatchingConfig(max_queue_delay_us=2_000), pool, clock, Metrics())
+        batcher._inflight_rows = 8  # as if the other slot carried a batch of 8
+        head = batcher.submit(_checked(3), deadline=clock.now() + 1)
+        assert 0 < batcher.close_in(head, clock.now()) <= 0.002
+        batcher.submit(_checked(5), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0
 
     asyncio.run(scenario())
