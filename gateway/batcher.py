@@ -222,10 +222,10 @@ class ModelBatcher:
         slack = head.deadline - now - self.latency.predict(self.max_rows)
         if slack <= 0:
             return 0.0
+        more_coming = self.join_rate(now) * self.latency.fixed_s > rows
         slots = self.pool.usable_slots()
-        if self.join_rate(now) * self.latency.fixed_s > rows or (slots > 1 and rows * (slots - 1) < self._inflight_rows):
-            return min(remaining, slack)
-        return 0.0
+        under_share = slots > 1 and rows * (slots - 1) < self._inflight_rows
+        return min(remaining, slack) if more_coming or under_share else 0.0
 
     # -- dispatch ------------------------------------------------------------------------
     def _pump(self) -> None:
