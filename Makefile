@@ -6,12 +6,13 @@ MODELS ?= models
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck bench models clean help loadtest loadtest-gate system-deps
+.PHONY: run test lint typecheck bench bench-peers models clean help loadtest loadtest-gate system-deps
 
 help:
 	@echo "make run    - install, build the demo models, serve on $(HOST):$(PORT)"
 	@echo "make test   - install with test extras, lint, type-check, run the whole suite"
 	@echo "make bench  - benchmark the gateway against raw ONNX Runtime (writes benchmarks/results/)"
+	@echo "make bench-peers - the same, plus PyTriton and Ray Serve in their own venv (.tools/peers)"
 	@echo "make loadtest - locust load test with an SLO verdict (LOADTEST_ARGS=... for longer profiles)"
 	@echo "make clean  - remove the virtual environment and built models"
 
@@ -71,7 +72,18 @@ loadtest: $(VENV)/.test-installed
 	$(BIN)/python -m loadtests.run --model-repository $(MODELS) $(LOADTEST_ARGS)
 
 bench: $(VENV)/.test-installed
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The peers conflict with batchgate's pins (protobuf, grpcio), so they get their own venv.
+PEERS := .tools/peers
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0 'ray[serve]==2.60.0' onnxruntime==1.31.1 orjson numpy
+	touch $@
+
+bench-peers: $(VENV)/.test-installed $(PEERS)/.installed
+	BENCH_PEERS_PYTHON=$(PEERS)/bin/python $(BIN)/python -m benchmarks --peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools $(MODELS) .pytest_cache .mypy_cache .ruff_cache

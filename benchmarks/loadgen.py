@@ -1,8 +1,12 @@
-"""A small closed-loop load generator: keep-alive HTTP/1.1 or gRPC, pre-encoded requests.
+"""A small load generator: keep-alive HTTP/1.1 or gRPC, pre-encoded requests.
 
-Run as its own process (``python -m benchmarks.loadgen``) so its CPU time is measured apart
-from the server's; it prints one JSON document with latencies and its own CPU seconds.
-Every run is bounded in time and in request count.
+Closed loop (``--users N``: each user sends its next request when the last is answered)
+or open loop (``--rate R``: Poisson arrivals at R requests/s whatever the server does,
+latency counted from each request's scheduled arrival, so a stalled server cannot hide
+its queue: no coordinated omission). Run as its own process (``python -m
+benchmarks.loadgen``) so its CPU time is measured apart from the server's; it prints
+one JSON document with latencies and its own CPU seconds. Every run is bounded in time
+and in request count.
 """
 
 from __future__ import annotations
@@ -65,6 +69,70 @@ async def _http_user(window: Window, host: str, port: int, request: bytes) -> No
         writer.close()
 
 
+class HttpPool:
+    """Keep-alive connections for open-loop HTTP: one per request in flight, reused when free."""
+
+    def __init__(self, host: str, port: int, request: bytes, limit: int) -> None:
+        self.host, self.port, self.request, self.limit = host, port, request, limit
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+
+    async def send(self) -> bool:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        elif self.opened < self.limit:
+            self.opened += 1
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        else:
+            return False  # the generator's own cap: counted as an error, never silently dropped
+        writer.write(self.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await reader.readexactly(length)
+        self.idle.append((reader, writer))
+        return head[9:12] == b"200"
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> None:
+    """Poisson arrivals at ``rate``/s until the window closes; waits for the last answers."""
+    rng = np.random.default_rng(seed)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float) -> None:
+        try:
+            ok = await send()
+        except (OSError, asyncio.IncompleteReadError):
+            ok = False  # the server closed the connection: an error, counted
+        if scheduled >= window.warm_until:
+            if ok:
+                window.latencies.append(time.perf_counter() - scheduled)
+            else:
+                window.errors += 1
+
+    arrival = time.perf_counter()
+    while window.budget > 0:
+        arrival += float(rng.exponential(1.0 / rate))
+        if arrival >= window.stop_at:
+            break
+        delay = arrival - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the arrivals, not waiting on the server
+        window.budget -= 1
+        task = asyncio.ensure_future(one(arrival))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     body = args.body.read_bytes()
     start = time.perf_counter()
@@ -89,15 +157,23 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 return False
             return True
 
-        tasks = [window.loop(send) for _ in range(args.users)]
+        tasks = [open_loop(window, send, args.rate)] if args.rate else [window.loop(send) for _ in range(args.users)]
     else:
         head = [f"POST {args.path} HTTP/1.1", f"Host: {args.host}:{args.port}", f"Content-Length: {len(body)}"]
         head += args.header
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-        tasks = [_http_user(window, args.host, args.port, request) for _ in range(args.users)]
+        if args.rate:
+            pool = HttpPool(args.host, args.port, request, args.max_connections)
+            tasks = [open_loop(window, pool.send, args.rate)]
+        else:
+            tasks = [_http_user(window, args.host, args.port, request) for _ in range(args.users)]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.warmup + args.duration + 60)
     if channel is not None:
         await channel.close()
+    if args.samples is not None:
+        step = max(1, len(window.latencies) // 20_000)  # enough for a CDF, small enough to commit
+        samples = sorted(window.latencies)[::step]
+        args.samples.write_text(json.dumps([round(x * 1000, 4) for x in samples]))
     cpu = time.process_time() - cpu0
     measured = time.perf_counter() - start - args.warmup
     array = np.asarray(window.latencies)
@@ -125,7 +201,10 @@ def main() -> None:
     parser.add_argument("--body", type=Path, required=True, help="request body, or a serialized ModelInferRequest")
     parser.add_argument("--header", action="append", default=[], help="extra HTTP header line")
     parser.add_argument("--grpc", action="store_true", help="call ModelInfer over gRPC instead of HTTP")
-    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument("--users", type=int, default=1, help="closed loop: concurrent users")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: Poisson arrivals per second")
+    parser.add_argument("--max-connections", type=int, default=4096, help="open-loop HTTP connection cap")
+    parser.add_argument("--samples", type=Path, help="write sorted latency samples (ms) here, for a CDF")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)

@@ -1,0 +1,203 @@
+"""Running servers and load for the benchmarks: start/stop, readiness, CPU and RSS of a process
+tree, request bodies, and one measured load run (closed or open loop) through ``benchmarks.loadgen``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    """One measured scenario; ``users`` is 0 for an open-loop run at ``rate``."""
+
+    system: str
+    model: str
+    protocol: str
+    users: int
+    items_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    errors: int
+    server_cpu_pct: float
+    server_rss_mb: float
+    loadgen_cpu_pct: float
+    rate: float = 0.0
+    samples: str | None = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- servers ---------------------------------------------------------------------------------
+def wait_http(port: int, path: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server did not become ready")
+
+
+def proc_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            pids.extend(proc_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def bodies(width: int, directory: Path, name: str) -> dict[str, tuple[Path, list[str]]]:
+    data = np.random.default_rng(7).uniform(0, 1, (1, width)).astype(np.float32)
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, width]}
+    json_path = directory / f"{name}.json"
+    json_path.write_bytes(json.dumps({"inputs": [{**tensor, "data": data.reshape(-1).tolist()}]}).encode())
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": data.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary_path = directory / f"{name}.bin"
+    binary_path.write_bytes(header + data.tobytes())
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, width])
+    request.raw_input_contents.append(data.tobytes())
+    grpc_path = directory / f"{name}.pb"
+    grpc_path.write_bytes(request.SerializeToString())
+    return {
+        "json": (json_path, []),
+        "binary": (binary_path, ["--header", f"Inference-Header-Content-Length: {len(header)}"]),
+        "grpc": (grpc_path, ["--grpc"]),
+    }
+
+
+def measure(
+    system: str,
+    server: subprocess.Popen[bytes],
+    port: int,
+    model: str,
+    protocol: str,
+    body: tuple[Path, list[str]],
+    users: int,
+    duration: float,
+    warmup: float,
+    rate: float = 0.0,
+    samples: Path | None = None,
+) -> Row:
+    """One load run against ``server``: closed loop with ``users``, or open loop at ``rate``/s."""
+    pids = proc_tree(server.pid)
+    cpu0 = cpu_seconds(pids)
+    wall0 = time.perf_counter()
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--path", f"/v2/models/{model}/infer"]
+    argv += ["--body", str(body[0]), "--duration", str(duration), "--warmup", str(warmup)]
+    argv += ["--rate", str(rate)] if rate else ["--users", str(users)]
+    if samples is not None:
+        argv += ["--samples", str(samples)]
+    argv += body[1]
+    output = subprocess.run(argv, capture_output=True, check=True, timeout=duration + warmup + 120)
+    wall = time.perf_counter() - wall0
+    result = json.loads(output.stdout)
+    row = Row(
+        system=system,
+        model=model,
+        protocol=protocol,
+        users=0 if rate else users,
+        items_per_s=result["rps"],
+        p50_ms=result["p50_ms"],
+        p99_ms=result["p99_ms"],
+        p999_ms=result["p999_ms"],
+        errors=result["errors"],
+        server_cpu_pct=(cpu_seconds(pids) - cpu0) / wall * 100,
+        server_rss_mb=rss_mb(pids),
+        loadgen_cpu_pct=result["loadgen_cpu_share"] * 100,
+        rate=rate,
+        samples=samples.name if samples is not None else None,
+    )
+    load = f"rate={rate:.0f}/s" if rate else f"users={users:3d}"
+    print(
+        f"  {system:12s} {model:10s} {protocol:6s} {load}: {row.items_per_s:8.0f} items/s "
+        f"p50 {_ms(row.p50_ms)} p99 {_ms(row.p99_ms)} errors {row.errors} "
+        f"server CPU {row.server_cpu_pct:.0f}% loadgen CPU {row.loadgen_cpu_pct:.0f}%",
+        flush=True,
+    )
+    return row
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_http_post(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("baseline server exited")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("baseline server did not start")

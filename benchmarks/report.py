@@ -1,0 +1,187 @@
+"""The core benchmark's results table (markdown) and plots (PNG), from one run's measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import Row
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def best_raw(raw: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    return max((r for r in raw if r["model"] == model), key=lambda r: r["items_per_s"])
+
+
+OURS = ("batchgate", "fixed-delay")
+
+
+def best_peer(rows: list[Row], model: str, users: int) -> Row | None:
+    peers = [r for r in rows if r.system not in OURS and r.model == model and r.users == users]
+    return max(peers, key=lambda r: r.items_per_s, default=None)
+
+
+def _raw_table(raw: list[dict[str, Any]], model: str) -> list[str]:
+    lines = ["| threads | " + " | ".join(f"b={b}" for b in BATCHES) + " |", "|---:|" + "---:|" * len(BATCHES)]
+    for threads in (1, 2):
+        cells = {r["batch"]: f"{r['items_per_s']:.0f}" for r in raw if r["model"] == model and r["threads"] == threads}
+        lines.append(f"| {threads} | " + " | ".join(cells.get(b, "-") for b in BATCHES) + " |")
+    best = best_raw(raw, model)
+    lines += ["", f"Best: **{best['items_per_s']:.0f} items/s** at batch {best['batch']}, {best['threads']} threads."]
+    return lines
+
+
+def targets(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row]) -> list[str]:
+    """The issue's targets, each with its number and whether it holds."""
+    out = []
+    for protocol in ("json", "binary", "grpc"):
+        ours = next(
+            (r for r in rows if r.system == "batchgate" and (r.model, r.protocol, r.users) == ("mlp", protocol, 64)),
+            None,
+        )
+        peer = best_peer(rows, "mlp", 64)
+        if ours is None or peer is None:
+            continue
+        ratio = ours.items_per_s / peer.items_per_s
+        lower = ours.p99_ms is not None and peer.p99_ms is not None and ours.p99_ms < peer.p99_ms
+        met = ratio >= 2.0 and lower
+        out.append(
+            f"- 1. `mlp` 64 users, {protocol}: {ours.items_per_s:.0f} items/s = **{ratio:.2f}x** the best peer "
+            f"({peer.system} {peer.protocol}, {peer.items_per_s:.0f}); "
+            f"p99 {_fmt(ours.p99_ms)} vs {_fmt(peer.p99_ms)} ms "
+            f"— {'met' if met else 'NOT met (target ≥ 2x with lower p99)'}"
+        )
+    xl = next((r for r in rows if r.system == "batchgate" and r.model == "mlp_xl" and r.users == 64), None)
+    if xl is not None and any(r["model"] == "mlp_xl" for r in raw):
+        best = best_raw(raw, "mlp_xl")
+        ratio = xl.items_per_s / best["items_per_s"]
+        out.append(
+            f"- 2. `mlp_xl` 64 users ({xl.protocol}): {xl.items_per_s:.1f} items/s = **{ratio:.2f}x** raw best "
+            f"({best['items_per_s']:.1f}, batch {best['batch']}, {best['threads']} threads) "
+            f"— {'met' if ratio >= 0.8 else 'NOT met (target ≥ 0.8)'}"
+        )
+    for r in rows:
+        if r.system == "batchgate" and r.users == 1 and r.model == "mlp" and r.p50_ms is not None:
+            added = r.p50_ms - latency["mlp"]
+            out.append(
+                f"- 3. `mlp` 1 user {r.protocol}: p50 {r.p50_ms:.3f} ms, **+{added:.3f} ms** over raw batch-1 "
+                f"({latency['mlp']:.3f} ms) — {'met' if added <= 1.0 else 'NOT met (target ≤ +1 ms)'}"
+            )
+    open_rates = sorted({r.rate for r in rows if r.rate}, reverse=True)
+    for rate in open_rates:
+        ours = next((r for r in rows if r.system == "batchgate" and r.rate == rate), None)
+        fixed = next((r for r in rows if r.system == "fixed-delay" and r.rate == rate), None)
+        if ours is None or not ours.p50_ms or not ours.p99_ms:
+            continue
+        ratio = ours.p99_ms / ours.p50_ms
+        verdict = "met" if ratio <= 3.0 else "NOT met (target ≤ 3)"
+        label = "4." if rate == open_rates[0] else "  "
+        line = (
+            f"- {label} open loop at {rate:.0f}/s (binary, mlp): p99/p50 = {ours.p99_ms:.2f}/{ours.p50_ms:.2f} "
+            f"= **{ratio:.2f}**"
+        )
+        line += f" — {verdict}" if rate == open_rates[0] else ""
+        if fixed is not None and fixed.p50_ms and fixed.p99_ms:
+            line += (
+                f"; fixed 2 ms delay at the same rate: p50 {fixed.p50_ms:.2f}, p99 {fixed.p99_ms:.2f} ms "
+                f"(adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'})"
+            )
+        out.append(line)
+    return out
+
+
+def markdown(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Core benchmark: batchgate vs raw ONNX Runtime vs peers",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; {meta['date']}  ",
+        f"Load: one item per request, {meta['duration']} s measured after {meta['warmup']} s warm-up; closed loop "
+        "(users) or open loop (Poisson arrivals at a rate, latency from the scheduled arrival). The load generator "
+        "runs in its own process (its CPU share is reported). Peers: " + meta["peers"],
+        "",
+        "## Targets (issue 8)",
+        "",
+        *targets(raw, latency, rows),
+        "",
+    ]
+    for model in sorted({r["model"] for r in raw}):
+        lines += [f"## Raw limit (in-process ONNX Runtime, `{model}`)", "", *_raw_table(raw, model), ""]
+    lines += [
+        "Raw batch-1 p50 (1 thread): " + ", ".join(f"`{m}` {v:.3f} ms" for m, v in latency.items()) + ".",
+        "",
+        "## Through the network",
+        "",
+        "| system | model | protocol | load | items/s | x raw best | x best peer | p50 ms | p99 ms | p99.9 ms | errors "
+        "| server CPU % | server RSS MB | loadgen CPU % |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        raw_best = best_raw(raw, r.model)["items_per_s"] if any(x["model"] == r.model for x in raw) else None
+        peer = best_peer(rows, r.model, r.users) if r.users else None
+        load = f"{r.users} users" if r.users else f"{r.rate:.0f}/s open"
+        lines.append(
+            f"| {r.system} | {r.model} | {r.protocol} | {load} | {r.items_per_s:.0f} | "
+            f"{_fmt(r.items_per_s / raw_best if raw_best else None)} | "
+            f"{_fmt(r.items_per_s / peer.items_per_s if peer else None)} | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | "
+            f"{_fmt(r.p999_ms)} | {r.errors} | {r.server_cpu_pct:.0f} | {r.server_rss_mb:.0f} | "
+            f"{r.loadgen_cpu_pct:.0f} |"
+        )
+    lines += ["", "## Added latency at 1 user (p50 over raw batch-1 ORT)", ""]
+    for r in rows:
+        if r.users == 1 and r.model in latency and r.p50_ms is not None:
+            lines.append(f"- {r.system} `{r.model}` {r.protocol}: +{r.p50_ms - latency[r.model]:.3f} ms")
+    lines += ["", "![throughput, p99 and latency CDF](core.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], out: Path) -> None:
+    """Three panels: items/s against users, p99 against users (mlp), and latency CDFs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
+    series: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.model == "mlp" and r.users:
+            series.setdefault(f"{r.system} {r.protocol}", []).append(r)
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda r: r.users)
+        users = [r.users for r in points]
+        style = "-o" if label.startswith("batchgate") else "--s"
+        left.plot(users, [r.items_per_s for r in points], style, label=label)
+        middle.plot(users, [r.p99_ms for r in points], style, label=label)
+    for axis, title, unit in ((left, "mlp: throughput", "items/s"), (middle, "mlp: p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent users (closed loop)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    middle.set_yscale("log")
+    for r in rows:
+        if r.samples is None or not (out / r.samples).exists():
+            continue
+        values = json.loads((out / r.samples).read_text())
+        if not values:
+            continue
+        fractions = [(i + 1) / len(values) for i in range(len(values))]
+        load = f"{r.users} users" if r.users else f"{r.rate:.0f}/s open"
+        right.plot(values, fractions, label=f"{r.system} {r.model} {r.protocol} {load}")
+    right.set_xscale("log")
+    right.set_xlabel("latency (ms)")
+    right.set_ylabel("fraction of requests")
+    right.set_title("latency CDF")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "core.png", dpi=110)
+    plt.close(figure)
