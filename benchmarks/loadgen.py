@@ -78,13 +78,28 @@ class HttpPool:
         self.opened = 0
 
     async def send(self) -> bool:
-        if self.idle:
+        reused = bool(self.idle)
+        if reused:
             reader, writer = self.idle.pop()
         elif self.opened < self.limit:
             self.opened += 1
             reader, writer = await asyncio.open_connection(self.host, self.port)
         else:
             return False  # the generator's own cap: counted as an error, never silently dropped
+        try:
+            head = await self._exchange(reader, writer)
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+            if not reused:
+                raise
+            # An idle pooled connection the server closed (keep-alive expiry) never saw the
+            # request: send it again on a fresh connection, as HTTP clients do.
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            head = await self._exchange(reader, writer)
+        self.idle.append((reader, writer))
+        return head[9:12] == b"200"
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         writer.write(self.request)
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
@@ -93,8 +108,7 @@ class HttpPool:
                 length = int(line[15:])
         if length:
             await reader.readexactly(length)
-        self.idle.append((reader, writer))
-        return head[9:12] == b"200"
+        return head
 
     def close(self) -> None:
         for _, writer in self.idle:
