@@ -35,12 +35,20 @@ class LocalConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
 
+    def usable(self) -> bool:
+        """False once the worker side is gone, even before ``connection_lost`` has run."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
     def request(self, payload: bytes, timeout_s: float, reply: Reply) -> None:
         """Send one framed request; ``reply(kind, body, error)`` is called exactly once."""
         assert self.transport is not None and self._reply is None
         self._reply = reply
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
-        self.transport.write(framing.frame(framing.REQUEST, payload))
+        try:
+            self.transport.write(framing.frame(framing.REQUEST, payload))
+        except (RuntimeError, OSError) as exc:  # uvloop: "the handler is closed" (worker just died)
+            self.closed = True
+            self._deliver(0, None, Unavailable(f"worker {self.name} connection closed: {exc}"))
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

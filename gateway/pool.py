@@ -282,10 +282,11 @@ class PoolClient:
     ) -> None:
         """Start one batch on ``replica``; ``done`` is called exactly once, possibly before this returns."""
         request = _request(model, version, feeds)
-        if replica.local_path is not None and replica.connections:
+        while replica.local_path is not None and replica.connections:
             connection = replica.connections.pop()
-            connection.request(request.SerializeToString(), timeout_s, self._local_reply(replica, done))
-            return
+            if connection.usable():  # a worker killed a moment ago leaves closed ones behind
+                connection.request(request.SerializeToString(), timeout_s, self._local_reply(replica, done))
+                return
         spawn(self._send_async(replica, request, timeout_s, done), name=f"batch-{model}")
 
     def _local_reply(self, replica: Replica, done: Done) -> Callable[[int, bytes | None, BatchgateError | None], None]:
