@@ -85,7 +85,11 @@ class LocalSupervisor:
         self._next_index = 0
 
     def command(self, address: str, local_path: str | None = None) -> list[str]:
-        threads = self.config.threads or auto_threads(self.config.replicas)
+        # Auto threads share the cores among the workers running when this one starts, so a
+        # worker the autoscaler adds does not bring a full-size thread pool (1 -> 2 workers
+        # with 2 threads each oversubscribed 2 cores: mlp_xl 820 vs 1,076 items/s). Workers
+        # already running keep their size until they restart.
+        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)))
         argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         if self.config.spin:

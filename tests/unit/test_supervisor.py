@@ -1,0 +1,32 @@
+"""How the local supervisor sizes a worker's thread pool (no processes started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import supervisor
+from gateway.config import PoolConfig
+from gateway.metrics import Metrics
+from gateway.pool import PoolClient
+from gateway.supervisor import LocalSupervisor, WorkerProcess
+
+
+def _threads(argv: list[str]) -> int:
+    return int(argv[argv.index("--threads") + 1])
+
+
+def test_auto_threads_share_the_cores_among_the_workers_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    local = LocalSupervisor(PoolClient("p"), PoolConfig(replicas=1), lambda: [], Metrics(), tmp_path)
+    assert _threads(local.command("unix:/a")) == 8  # alone: every core
+    local.workers[0] = WorkerProcess(0, "unix:/a", None)
+    local.workers[1] = WorkerProcess(1, "unix:/b", None)  # the autoscaler added one
+    assert _threads(local.command("unix:/b")) == 4
+    pinned = LocalSupervisor(PoolClient("p"), PoolConfig(replicas=1, threads=3), lambda: [], Metrics(), tmp_path)
+    pinned.workers[0] = WorkerProcess(0, "unix:/a", None)
+    pinned.workers[1] = WorkerProcess(1, "unix:/b", None)
+    assert _threads(pinned.command("unix:/b")) == 3  # an explicit size is kept
