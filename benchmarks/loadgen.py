@@ -49,18 +49,24 @@ class Window:
                     self.errors += 1
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """Send one pre-encoded HTTP/1.1 request; read its answer; return the head (status at [9:12])."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def _http_user(window: Window, host: str, port: int, request: bytes) -> None:
     reader, writer = await asyncio.open_connection(host, port)
 
     async def send() -> bool:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        if length:
-            await reader.readexactly(length)
+        head = await exchange(reader, writer, request)
         return head[9:12] == b"200"
 
     try:
@@ -87,7 +93,7 @@ class HttpPool:
         else:
             return False  # the generator's own cap: counted as an error, never silently dropped
         try:
-            head = await self._exchange(reader, writer)
+            head = await exchange(reader, writer, self.request)
         except (OSError, asyncio.IncompleteReadError):
             writer.close()
             if not reused:
@@ -95,20 +101,9 @@ class HttpPool:
             # An idle pooled connection the server closed (keep-alive expiry) never saw the
             # request: send it again on a fresh connection, as HTTP clients do.
             reader, writer = await asyncio.open_connection(self.host, self.port)
-            head = await self._exchange(reader, writer)
+            head = await exchange(reader, writer, self.request)
         self.idle.append((reader, writer))
         return head[9:12] == b"200"
-
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        writer.write(self.request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        if length:
-            await reader.readexactly(length)
-        return head
 
     def close(self) -> None:
         for _, writer in self.idle:

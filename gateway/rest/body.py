@@ -7,8 +7,9 @@ import gzip
 import zlib
 
 from starlette.requests import Request
+from starlette.types import Receive
 
-from gateway.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+from gateway.errors import Cancelled, InvalidInput, PayloadTooLarge, RequestTimeout
 
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -16,11 +17,10 @@ _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
     """The whole body, refusing more than ``limit`` bytes (before or after decompression) or a
     client that takes longer than ``timeout_s`` to send it (slow-loris)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            body = await _receive(request, limit)
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        check_declared(declared, limit)
+    body = await receive_body(request.receive, limit, timeout_s)
     return decode_content(body, request.headers.get("content-encoding"), limit)
 
 
@@ -34,17 +34,26 @@ def check_declared(declared: str, limit: int) -> None:
         raise PayloadTooLarge(f"request body of {size} bytes exceeds the {limit}-byte limit")
 
 
-async def _receive(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        check_declared(declared, limit)
+async def receive_body(receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The raw body from ASGI ``receive``: 413 past ``limit`` bytes, 408 past ``timeout_s``,
+    :class:`Cancelled` if the client goes away first."""
     chunks = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Cancelled("client disconnected")
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -21,10 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.codec import DecodeLimits
 from gateway.codec.v2http import decode_request, encode_response, error_body
 from gateway.config import LimitsConfig
-from gateway.errors import BatchgateError, Cancelled, InvalidInput, PayloadTooLarge, RequestTimeout
+from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeout
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
-from gateway.rest.body import check_declared, decode_content, encode, pick_encoding
+from gateway.rest.body import check_declared, decode_content, encode, pick_encoding, receive_body
 from gateway.router import FALLBACK_HEADER, Router
 
 log = logging.getLogger("batchgate.rest")
@@ -49,27 +49,6 @@ def infer_target(path: str) -> tuple[str, str] | None:
         if parts[3] and parts[5]:
             return parts[3], parts[5]
     return None
-
-
-async def _body(receive: Receive, limit: int, timeout_s: float) -> bytes:
-    chunks = []
-    received = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise Cancelled("client disconnected")
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > limit:
-                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -176,7 +155,7 @@ class InferFront:
         declared = headers.get(b"content-length")
         if declared is not None:
             check_declared(declared.decode("latin-1"), self.max_body_bytes)
-        raw = await _body(receive, self.max_body_bytes, self.limits.body_timeout_s)
+        raw = await receive_body(receive, self.max_body_bytes, self.limits.body_timeout_s)
         content_coding = headers.get(b"content-encoding")
         body = decode_content(raw, content_coding.decode("latin-1") if content_coding else None, self.max_body_bytes)
         length = None
