@@ -66,7 +66,9 @@ class Gateway:
         # The middleware stack, outermost first: token check, the inference fast path, then
         # Starlette for everything else (see gateway/rest/infer.py for why infer skips it).
         api = build_app(self.rest, lifespan=self._lifespan)
-        front = InferFront(api, self.router, self.metrics, config.http.max_body_bytes, config.limits, self.limiter)
+        self.front = front = InferFront(
+            api, self.router, self.metrics, config.http.max_body_bytes, config.limits, self.limiter
+        )
         self.app: ASGIApp = AuthMiddleware(front, self.auth) if self.auth is not None else front
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None

@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=config.http.host,
             port=config.http.port,
             loop="uvloop",
-            http=guarded_protocol(config.limits),
+            http=guarded_protocol(config.limits, gateway.front, gateway.auth),
             ssl_certfile=config.tls.cert_file,
             ssl_keyfile=config.tls.key_file,
             ssl_ca_certs=config.tls.client_ca_file,

@@ -9,24 +9,25 @@ from gateway.codec.v2http import error_body
 from gateway.errors import BatchgateError, Unauthenticated
 
 
+def authorize(auth: Authenticator, path: str, authorization: str | None) -> str | None:
+    """The token's name, None on a public path; raises 401/403."""
+    if path in auth.public_paths:
+        return None
+    principal = auth.identify(authorization)
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v2", "repository"] or path == "/v2/models/stats":
+        auth.allow_admin(principal)
+    elif parts[:2] == ["v2", "models"] and len(parts) > 2:
+        auth.allow_model(principal, parts[2])
+    return principal.name
+
+
 class AuthMiddleware:
     """Refuses requests without a token allowed to do what they ask (401/403, v2 error body)."""
 
     def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
         self.app = app
         self.auth = auth
-
-    def check(self, path: str, authorization: str | None) -> str | None:
-        """The token's name, None on a public path; raises 401/403."""
-        if path in self.auth.public_paths:
-            return None
-        principal = self.auth.identify(authorization)
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["v2", "repository"] or path == "/v2/models/stats":
-            self.auth.allow_admin(principal)
-        elif parts[:2] == ["v2", "models"] and len(parts) > 2:
-            self.auth.allow_model(principal, parts[2])
-        return principal.name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,7 +39,7 @@ class AuthMiddleware:
                 authorization = value.decode("latin-1")
                 break
         try:
-            principal = self.check(scope["path"], authorization)
+            principal = authorize(self.auth, scope["path"], authorization)
         except BatchgateError as exc:
             headers = [(b"content-type", b"application/json")]
             if isinstance(exc, Unauthenticated):

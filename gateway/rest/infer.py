@@ -15,22 +15,25 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.codec import DecodeLimits
 from gateway.codec.v2http import decode_request, encode_response, error_body
 from gateway.config import LimitsConfig
-from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeout
+from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeout, Unauthenticated
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 from gateway.rest.body import check_declared, decode_content, encode, pick_encoding, receive_body
-from gateway.router import FALLBACK_HEADER, Router
+from gateway.router import FALLBACK_HEADER, Router, Ticket
+from gateway.types import InferRequest
 
 log = logging.getLogger("batchgate.rest")
 
 JSON = b"application/json"
-_WANTED = {
+OCTETS = b"application/octet-stream"
+WANTED = {
     b"content-length",
     b"content-encoding",
     b"accept-encoding",
@@ -38,6 +41,7 @@ _WANTED = {
     b"x-client-id",
     b"x-batchgate-timeout-ms",
 }
+"""The request headers the inference path reads."""
 
 
 def infer_target(path: str) -> tuple[str, str] | None:
@@ -58,23 +62,154 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-def _start(status: int, content_type: bytes, length: int, extra: list[tuple[bytes, bytes]]) -> Message:
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % length), *extra]
-    return {"type": "http.response.start", "status": status, "headers": headers}
+Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+"""A response as both HTTP paths send it: status, content type, body, extra headers."""
 
 
-def error_messages(error: BatchgateError) -> tuple[Message, Message]:
-    """The ASGI messages of a v2 error response (status from the error class)."""
-    body = error_body(error.message)
+def error_answer(error: BatchgateError) -> Answer:
+    """The v2 error response for ``error`` (status from the error class)."""
     extra = []
     if error.retry_after_s is not None:
         extra.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
+    if isinstance(error, Unauthenticated):
+        extra.append((b"www-authenticate", b'Bearer realm="batchgate"'))
     if isinstance(error, RequestTimeout):
         # A slow client's half-sent body must not be read as the next request. A refused
         # large body (413) is instead discarded as it arrives, so the client, still
         # sending, reads its answer; the protocol's body deadline bounds that.
         extra.append((b"connection", b"close"))
-    return _start(error.http_status, JSON, len(body), extra), {"type": "http.response.body", "body": body}
+    return error.http_status, JSON, error_body(error.message), extra
+
+
+def _messages(answer: Answer) -> tuple[Message, Message]:
+    status, content_type, body, extra = answer
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]
+    return {"type": "http.response.start", "status": status, "headers": headers}, {
+        "type": "http.response.body",
+        "body": body,
+    }
+
+
+class InferCall:
+    """One ``POST .../infer`` from its headers to its answer: what both HTTP paths share.
+
+    The ASGI path (:meth:`InferFront.handle`) and the protocol's direct path
+    (:class:`gateway.rest.protocol.GuardedProtocol`) differ only in how the body arrives,
+    how they wait, and how the answer is written; limits, decoding, admission, encoding
+    and the metrics live here, so the two cannot drift apart.
+    """
+
+    __slots__ = ("front", "headers", "model", "peer", "principal", "release", "request", "started", "ticket", "version")
+
+    def __init__(
+        self,
+        front: InferFront,
+        model: str,
+        version: str,
+        headers: dict[bytes, bytes],
+        peer: str | None,
+        principal: str | None,
+    ) -> None:
+        self.front = front
+        self.model = model
+        self.version = version
+        self.headers = headers
+        self.peer = peer
+        self.principal = principal
+        self.started = time.perf_counter()
+        self.release: Callable[[], None] | None = None
+        self.ticket: Ticket | None = None
+        self.request: InferRequest | None = None
+        front.metrics.inflight.labels(model).inc()
+
+    def limit(self) -> None:
+        """Take the client's place under its per-client limits (429 when it has none left)."""
+        front = self.front
+        if front.limiter is None:
+            return
+        client_id = self.headers.get(b"x-client-id")
+        key = client_key(
+            front.limits.per_client.key,
+            self.principal,
+            client_id.decode("latin-1") if client_id else None,
+            self.peer,
+        )
+        self.release = front.limiter.acquire(key)
+
+    def check_length(self) -> None:
+        """413 at once for a declared body over the limit (before reading it)."""
+        declared = self.headers.get(b"content-length")
+        if declared is not None:
+            check_declared(declared.decode("latin-1"), self.front.max_body_bytes)
+
+    def admit(self, raw: bytes) -> Ticket:
+        """Decode the body (content coding, binary extension) and queue the request."""
+        headers = self.headers
+        front = self.front
+        coding = headers.get(b"content-encoding")
+        body = decode_content(raw, coding.decode("latin-1") if coding else None, front.max_body_bytes)
+        length = None
+        header_length = headers.get(b"inference-header-content-length")
+        if header_length is not None:
+            try:
+                length = int(header_length)
+            except ValueError:
+                raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+        request = decode_request(self.model, self.version, body, length, front.decode_limits)
+        client_id = headers.get(b"x-client-id")
+        request.client = client_id.decode("latin-1") if client_id else self.peer
+        timeout_ms = None
+        timeout_header = headers.get(b"x-batchgate-timeout-ms")
+        if timeout_header is not None:
+            try:
+                timeout_ms = float(timeout_header)
+            except ValueError:
+                raise InvalidInput(f"x-batchgate-timeout-ms {timeout_header!r} is not a number") from None
+            if not timeout_ms > 0:
+                raise InvalidInput("x-batchgate-timeout-ms must be positive")
+        self.request = request
+        self.ticket = front.router.admit(request, timeout_ms)
+        return self.ticket
+
+    def abandon(self) -> None:
+        """The client went away before the answer: free what the request holds."""
+        if self.ticket is not None:
+            self.front.router.abandon(self.ticket)
+
+    def answer(self) -> Answer:
+        """The 200 response of an admitted request whose ticket has a result."""
+        assert self.ticket is not None and self.request is not None
+        result = self.front.router.response(self.ticket)
+        payload, json_length = encode_response(result, self.request)
+        extra = [(b"x-batchgate-served-by", result.parameters["served_by"].encode())]
+        if "fallback_reason" in result.parameters:
+            extra.append((FALLBACK_HEADER.encode(), result.parameters["fallback_reason"].encode()))
+        content_type = JSON
+        if json_length is not None:
+            extra.append((b"inference-header-content-length", b"%d" % json_length))
+            content_type = OCTETS
+        accept = self.headers.get(b"accept-encoding")
+        coding = pick_encoding(accept.decode("latin-1")) if accept else None
+        if coding is not None:
+            payload = encode(payload, coding)
+            extra.append((b"content-encoding", coding.encode()))
+        if result.model == self.model:
+            self.version = result.version
+        return 200, content_type, payload, extra
+
+    def unexpected(self, exc: BaseException) -> Answer:
+        """Never a bare 500 page: a v2 body, and the cause in the log."""
+        log.error("unexpected error on %s", self.model, exc_info=exc)
+        return 500, JSON, error_body(f"internal error: {exc!r}"), []
+
+    def close(self, status: int) -> None:
+        """Give back the client's place and count the request (once, whatever its outcome)."""
+        if self.release is not None:
+            self.release()
+            self.release = None
+        front = self.front
+        front.metrics.inflight.labels(self.model).dec()
+        front.router.record(self.model, self.version, status, time.perf_counter() - self.started)
 
 
 class InferFront:
@@ -106,102 +241,34 @@ class InferFront:
         await self.app(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
-        started = time.perf_counter()
-        headers = {name: value for name, value in scope["headers"] if name in _WANTED}
-        code = 200
-        gauge = self.metrics.inflight.labels(model)
-        gauge.inc()
-        release = None
-        try:
-            if self.limiter is not None:
-                release = self.limiter.acquire(self._client_key(scope, headers))
-            start, body, version = await self._infer(scope, receive, headers, model, version)
-        except BatchgateError as exc:
-            code = exc.http_status
-            start, body = error_messages(exc)
-        except asyncio.CancelledError:
-            code = Cancelled.http_status
-            raise
-        except Exception as exc:  # never a bare 500 page: a v2 body, and the cause in the log
-            log.exception("unexpected error on %s", scope["path"])
-            code = 500
-            error = error_body(f"internal error: {exc!r}")
-            start, body = _start(500, JSON, len(error), []), {"type": "http.response.body", "body": error}
-        finally:
-            if release is not None:
-                release()
-            gauge.dec()
-            self.router.record(model, version, code, time.perf_counter() - started)
-        if code == Cancelled.http_status:
-            return  # nobody is listening
-        await send(start)
-        await send(body)
-
-    def _client_key(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        headers = {name: value for name, value in scope["headers"] if name in WANTED}
         client = scope.get("client")
         principal = scope.get("state", {}).get("principal")
-        client_id = headers.get(b"x-client-id")
-        return client_key(
-            self.limits.per_client.key,
-            principal,
-            client_id.decode("latin-1") if client_id else None,
-            client[0] if client else None,
-        )
-
-    async def _infer(
-        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], model: str, version: str
-    ) -> tuple[Message, Message, str]:
-        """The response's two ASGI messages, and the version that served it (for the metrics)."""
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            check_declared(declared.decode("latin-1"), self.max_body_bytes)
-        raw = await receive_body(receive, self.max_body_bytes, self.limits.body_timeout_s)
-        content_coding = headers.get(b"content-encoding")
-        body = decode_content(raw, content_coding.decode("latin-1") if content_coding else None, self.max_body_bytes)
-        length = None
-        header_length = headers.get(b"inference-header-content-length")
-        if header_length is not None:
-            try:
-                length = int(header_length)
-            except ValueError:
-                raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
-        infer_request = decode_request(model, version, body, length, self.decode_limits)
-        client_id = headers.get(b"x-client-id")
-        peer = scope.get("client")
-        infer_request.client = client_id.decode("latin-1") if client_id else (peer[0] if peer else None)
-        timeout_ms = None
-        timeout_header = headers.get(b"x-batchgate-timeout-ms")
-        if timeout_header is not None:
-            try:
-                timeout_ms = float(timeout_header)
-            except ValueError:
-                raise InvalidInput(f"x-batchgate-timeout-ms {timeout_header!r} is not a number") from None
-            if not timeout_ms > 0:
-                raise InvalidInput("x-batchgate-timeout-ms must be positive")
-        ticket = self.router.admit(infer_request, timeout_ms)
-        future = ticket.future
-        watcher = asyncio.ensure_future(_disconnected(receive))
+        call = InferCall(self, model, version, headers, client[0] if client else None, principal)
         try:
-            await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if not future.done():
-            self.router.abandon(ticket)
-            raise Cancelled("client disconnected")
-        result = self.router.response(ticket)
-        payload, json_length = encode_response(result, infer_request)
-        extra = [(b"x-batchgate-served-by", result.parameters["served_by"].encode())]
-        if "fallback_reason" in result.parameters:
-            extra.append((FALLBACK_HEADER.encode(), result.parameters["fallback_reason"].encode()))
-        content_type = JSON
-        if json_length is not None:
-            extra.append((b"inference-header-content-length", b"%d" % json_length))
-            content_type = b"application/octet-stream"
-        accept = headers.get(b"accept-encoding")
-        coding = pick_encoding(accept.decode("latin-1")) if accept else None
-        if coding is not None:
-            payload = encode(payload, coding)
-            extra.append((b"content-encoding", coding.encode()))
-        served = result.version if result.model == model else version
-        start = _start(200, content_type, len(payload), extra)
-        return start, {"type": "http.response.body", "body": payload}, served
+            call.limit()
+            call.check_length()
+            raw = await receive_body(receive, self.max_body_bytes, self.limits.body_timeout_s)
+            future = call.admit(raw).future
+            watcher = asyncio.ensure_future(_disconnected(receive))
+            try:
+                await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            if not future.done():
+                call.abandon()
+                raise Cancelled("client disconnected")
+            answer = call.answer()
+        except BatchgateError as exc:
+            answer = error_answer(exc)
+        except asyncio.CancelledError:
+            call.close(Cancelled.http_status)
+            raise
+        except Exception as exc:
+            answer = call.unexpected(exc)
+        call.close(answer[0])
+        if answer[0] == Cancelled.http_status:
+            return  # nobody is listening
+        start, body = _messages(answer)
+        await send(start)
+        await send(body)

@@ -19,7 +19,7 @@ from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError, InvalidInput, NotFound
 from gateway.metrics import Metrics
 from gateway.rest.body import read_body
-from gateway.rest.infer import error_messages
+from gateway.rest.infer import error_answer
 
 log = logging.getLogger("batchgate.rest")
 
@@ -31,9 +31,9 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 
 def error_response(error: BatchgateError) -> Response:
-    start, body = error_messages(error)
-    headers = {name.decode(): value.decode() for name, value in start["headers"] if name != b"content-length"}
-    return Response(body["body"], status_code=error.http_status, headers=headers)
+    status, content_type, body, extra = error_answer(error)
+    headers = {name.decode(): value.decode() for name, value in extra}
+    return Response(body, status_code=status, headers=headers, media_type=content_type.decode())
 
 
 class RestAPI:

@@ -1,0 +1,159 @@
+"""The protocol's direct inference path (gateway.rest.protocol.DirectCycle) on a real gateway.
+
+Plain ``POST .../infer`` requests with a Content-Length body are answered by the HTTP
+protocol itself, without uvicorn's ASGI cycle; everything else (chunked bodies, Expect,
+proxy headers) still goes through ASGI. These tests speak raw HTTP/1.1 over a socket to
+reach what a library client never sends: pipelined requests mixing both paths, HTTP/1.0,
+and byte-for-byte comparison of the two paths' answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.helpers import GatewayProcess
+
+INFER = "/v2/models/digits_mlp/infer"
+
+
+def _rows(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 16, size=(1, 64)).astype(np.float32)
+
+
+def _body(rows: np.ndarray) -> bytes:
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    return json.dumps(doc).encode()
+
+
+def _post(body: bytes, version: str = "1.1", extra: str = "") -> bytes:
+    head = f"POST {INFER} HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n{extra}"
+    return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _chunked(body: bytes) -> bytes:
+    head = f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    half = len(body) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+    return head.encode() + chunks + b"0\r\n\r\n"
+
+
+class Reader:
+    """Reads HTTP/1.1 responses with a Content-Length, one after another, off one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), f"connection closed mid-response: {self.buffer!r}"
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed mid-body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True when the server closes the connection (and sends nothing more)."""
+        return not self.buffer and not self._fill()
+
+
+@pytest.fixture(scope="module")
+def reference(serving_repository: Path) -> ort.InferenceSession:
+    path = serving_repository / "digits_mlp" / "1" / "model.onnx"
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _probabilities(body: bytes) -> np.ndarray:
+    outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
+    return np.asarray(outputs["probabilities"]["data"], dtype=np.float32)
+
+
+def test_pipelined_requests_mixing_both_paths_are_answered_in_order(
+    gateway: GatewayProcess, reference: ort.InferenceSession
+) -> None:
+    """Direct, refused (400), general (GET, chunked) and direct again, sent in one write."""
+    inputs = [_rows(seed) for seed in (1, 2, 3)]
+    batch = [
+        _post(_body(inputs[0])),
+        _post(b'{"inputs": [nope'),
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n",
+        _chunked(_body(inputs[1])),
+        _post(_body(inputs[2])),
+    ]
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"".join(batch))
+        reader = Reader(sock)
+        answers = [reader.response() for _ in batch]
+    assert [status for status, _, _ in answers] == [200, 400, 200, 200, 200]
+    assert "error" in json.loads(answers[1][2])
+    for rows, (_, headers, body) in zip(inputs, [answers[0], answers[3], answers[4]], strict=True):
+        expected = reference.run(["probabilities"], {"input": rows})[0].ravel()
+        np.testing.assert_allclose(_probabilities(body), expected, rtol=1e-5, atol=1e-6)
+        assert headers["x-batchgate-served-by"] == "digits_mlp:1"
+
+
+def test_direct_and_general_paths_answer_alike(gateway: GatewayProcess) -> None:
+    """The same request through both paths: same status, headers (but the date) and body."""
+    body = _body(_rows(7))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(_post(body) + _chunked(body))
+        reader = Reader(sock)
+        direct, general = reader.response(), reader.response()
+    assert direct[0] == general[0] == 200
+    assert direct[2] == general[2]
+    without_date = [{k: v for k, v in headers.items() if k != "date"} for _, headers, _ in (direct, general)]
+    assert without_date[0] == without_date[1]
+
+
+def test_errors_answer_alike_on_both_paths(gateway: GatewayProcess) -> None:
+    """A wrong input name gets the same 400 and v2 error body whichever path it takes."""
+    bad = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(_post(bad) + _chunked(bad))
+        reader = Reader(sock)
+        direct, general = reader.response(), reader.response()
+    assert direct[0] == general[0] == 400
+    assert direct[2] == general[2] and "input" in json.loads(direct[2])["error"]
+
+
+@pytest.mark.parametrize(("version", "extra"), [("1.0", ""), ("1.1", "Connection: close\r\n")])
+def test_a_request_that_does_not_keep_alive_is_answered_then_closed(
+    gateway: GatewayProcess, version: str, extra: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(_post(_body(_rows(3)), version, extra))
+        reader = Reader(sock)
+        status, headers, _ = reader.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert reader.closed()
+
+
+def test_keep_alive_connection_serves_requests_one_after_another(gateway: GatewayProcess) -> None:
+    requests_before = gateway.metric("batchgate_requests_total", {"model": "digits_mlp", "code": "200"})
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        reader = Reader(sock)
+        for seed in range(20):
+            sock.sendall(_post(_body(_rows(seed))))
+            status, headers, _ = reader.response()
+            assert status == 200 and "connection" not in headers
+    requests_after = gateway.metric("batchgate_requests_total", {"model": "digits_mlp", "code": "200"})
+    assert requests_after - requests_before == 20
