@@ -285,13 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         "| trace | policy | SLO-violation s | p99 ms | replica-seconds |",
         "|---|---|---:|---:|---:|",
     ]
-    for trace, by_policy in results.items():
-        for policy, outcome in by_policy.items():
+    for trace_name, by_policy in results.items():
+        for policy_name, outcome in by_policy.items():
             lines.append(
-                f"| {trace} | {policy} | {outcome.violation_s:.1f} | {outcome.p99_ms:.1f} | {outcome.replica_s:.0f} |"
+                f"| {trace_name} | {policy_name} | {outcome.violation_s:.1f} | {outcome.p99_ms:.1f} "
+                f"| {outcome.replica_s:.0f} |"
             )
     verdicts = []
-    for trace, by_policy in results.items():
+    for trace_name, by_policy in results.items():
         ours = by_policy["batchgate"]
         better = all(
             ours.violation_s < other.violation_s
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             if name != "batchgate"
         )
         verdicts.append(
-            f"- {trace}: {'meets' if better else 'MISSES'} the target (fewer violation seconds than both "
+            f"- {trace_name}: {'meets' if better else 'MISSES'} the target (fewer violation seconds than both "
             "baselines, or equal with fewer replica-seconds)"
         )
     lines += ["", *verdicts, ""]

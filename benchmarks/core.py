@@ -31,8 +31,9 @@ import numpy as np
 import yaml
 
 from benchmarks import peers
-from benchmarks.measure import Row, bodies, free_port, measure, start, stop, wait_http, wait_http_post
+from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.report import BATCHES, markdown, plot
+from gateway.child import ChildGateway, free_port
 
 RESULTS = Path(__file__).parent / "results"
 XL_WIDTHS = (2048, 8192, 8192, 2048)
@@ -118,18 +119,18 @@ def _repositories(work: Path) -> dict[str, Path]:
     return {"main": main, "fixed": fixed, "xl": xl}
 
 
-def _gateway(repository: Path, log: Path, config: dict[str, Any] | None = None) -> tuple[Any, int, int]:
-    port, grpc_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository)]
-    argv += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--log-format", "text"]
+def _gateway(repository: Path, log: Path, config: dict[str, Any] | None = None) -> ChildGateway:
+    """A ready gateway on ``repository``; its ``process`` is what the rows' CPU and RSS measure."""
     # The replica count is part of the scenario: no autoscaler changing it mid-run.
-    config = {"autoscaler": {"enabled": False}, **(config or {})}
-    path = log.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(config))
-    argv += ["--config", str(path)]
-    process = start(argv, log)
-    wait_http(port, "/v2/health/ready", process)
-    return process, port, grpc_port
+    gateway = ChildGateway(
+        repository, log, {"autoscaler": {"enabled": False}, **(config or {})}, args=["--log-format", "text"]
+    )
+    try:
+        gateway.wait_ready()
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,37 +182,38 @@ def main(argv: list[str] | None = None) -> None:
         return row
 
     print("batchgate ...", flush=True)
-    gateway, port, grpc_port = _gateway(main_repo, work / "gateway.log")
+    gateway = _gateway(main_repo, work / "gateway.log")
+    port, grpc_port = gateway.port, gateway.grpc_port or 0
     try:
         for count in users:
             for protocol in PROTOCOLS:
-                run("batchgate", gateway, grpc_port if protocol == "grpc" else port, "mlp", protocol, count)
+                run("batchgate", gateway.process, grpc_port if protocol == "grpc" else port, "mlp", protocol, count)
         for protocol in PROTOCOLS:
-            run("batchgate", gateway, grpc_port if protocol == "grpc" else port, "digits_mlp", protocol, 1)
+            run("batchgate", gateway.process, grpc_port if protocol == "grpc" else port, "digits_mlp", protocol, 1)
         capacity = max(r.items_per_s for r in rows if r.model == "mlp" and r.protocol == "binary")
         rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
         for rate in rates:
-            run("batchgate", gateway, port, "mlp", "binary", rate=rate)
+            run("batchgate", gateway.process, port, "mlp", "binary", rate=rate)
     finally:
-        stop(gateway)
+        gateway.stop()
 
     print(f"batchgate, fixed queue delay (adaptive: false), open loop at {rates} /s ...", flush=True)
-    fixed, port, _ = _gateway(repos["fixed"], work / "gateway-fixed.log")
+    fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
     try:
         for rate in rates:
-            run("fixed-delay", fixed, port, "mlp", "binary", rate=rate)
+            run("fixed-delay", fixed.process, fixed.port, "mlp", "binary", rate=rate)
     finally:
-        stop(fixed)
+        fixed.stop()
 
     if not args.no_xl:
         print("batchgate on mlp_xl ...", flush=True)
         # The raw limit's thread budget (2 intra-op threads) in one worker, so batches can reach 64 rows.
         pool = {"replicas": 1, "threads": 2, "inflight_per_replica": 2}
-        xl, port, _ = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
+        xl = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
         try:
-            run("batchgate", xl, port, "mlp_xl", "binary", 64)
+            run("batchgate", xl.process, xl.port, "mlp_xl", "binary", 64)
         finally:
-            stop(xl)
+            xl.stop()
 
     print("no-batching Starlette baseline ...", flush=True)
     port = free_port()

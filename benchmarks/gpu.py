@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from benchmarks.core import XL_WIDTHS, _gateway
-from benchmarks.measure import Row, bodies, measure, stop
+from benchmarks.measure import Row, bodies, measure
 from benchmarks.report import BATCHES
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,14 +98,13 @@ def main(argv: list[str] | None = None) -> None:
             raw += raw_cuda(path, model, widths[0], args.raw_seconds, "TensorrtExecutionProvider")
         payload = bodies(widths[0], work, model)["binary"]
         pool = {"replicas": 1, "providers": ["cuda"], "inflight_per_replica": 2}
-        gateway, port, _ = _gateway(repo, work / f"gateway-{model}.log", {"pools": {"default": pool}})
+        gateway = _gateway(repo, work / f"gateway-{model}.log", {"pools": {"default": pool}})
         try:
             for users in (int(u) for u in args.users.split(",")):
-                rows.append(
-                    measure("batchgate", gateway, port, model, "binary", payload, users, args.duration, args.warmup)
-                )
+                scenario = (model, "binary", payload, users, args.duration, args.warmup)
+                rows.append(measure("batchgate", gateway.process, gateway.port, *scenario))
         finally:
-            stop(gateway)
+            gateway.stop()
     lines = [
         "# GPU check: batchgate vs raw ONNX Runtime (CUDA EP, IO binding)",
         "",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from benchmarks.core import RESULTS, Row, _bodies, _free_port, _start, _stop, _wait_http, measure
+from benchmarks.core import RESULTS, _gateway
+from benchmarks.measure import Row, measure
+from benchmarks.measure import bodies as request_bodies
 
 SETTINGS = {
     "off": {"drift": {"enabled": False}},
@@ -26,7 +27,7 @@ SETTINGS = {
 
 
 def run(repository: Path, work: Path, protocol: str, duration: float, warmup: float) -> dict[str, Row]:
-    bodies = _bodies(64, work, "digits_mlp")
+    bodies = request_bodies(64, work, "digits_mlp")
     rows: dict[str, Row] = {}
     for label, extra in SETTINGS.items():
         config_path = repository / "digits_mlp" / "config.yaml"
@@ -34,31 +35,14 @@ def run(repository: Path, work: Path, protocol: str, duration: float, warmup: fl
         config.pop("shadow", None)
         config.update(extra)
         config_path.write_text(yaml.safe_dump(config))
-        port = _free_port()
-        gateway = _start(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--model-repository",
-                str(repository),
-                "--http-port",
-                str(port),
-                "--grpc-port",
-                "-1",
-                "--log-format",
-                "text",
-            ],
-            work / f"gateway-{label}.log",
-        )
+        gateway = _gateway(repository, work / f"gateway-{label}.log")
         try:
-            _wait_http(port, "/v2/health/ready", gateway)
             rows[label] = measure(
-                f"health {label}", gateway, port, "digits_mlp", protocol, bodies[protocol], 64, duration, warmup
-            )
+                f"health {label}", gateway.process, gateway.port, "digits_mlp", protocol, bodies[protocol], 64,
+                duration, warmup,
+            )  # fmt: skip
         finally:
-            _stop(gateway)
+            gateway.stop()
     return rows
 
 

@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gateway.child import ChildGateway
 from loadtests.report import SLO, Measured, plot, read_stats, summary
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("http_json", "http_binary", "grpc")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -40,54 +32,6 @@ def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-class LocalGateway:
-    """A gateway subprocess on free loopback ports."""
-
-    def __init__(self, repository: Path, log: Path) -> None:
-        self.http_port, self.grpc_port = _free_port(), _free_port()
-        self._log = open(log, "wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--model-repository",
-                str(repository),
-                "--http-port",
-                str(self.http_port),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--log-format",
-                "text",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"loadtest: the gateway exited with {self.process.returncode}")
-            try:
-                if _get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", 2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"loadtest: the gateway was not ready after {timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
 
 
 def model_slo_ms(host: str, model: str) -> float | None:
@@ -278,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.demo import build_demo
 
             build_demo(args.model_repository)
-        gateway = LocalGateway(args.model_repository, args.out / "gateway.log")
-        print(
-            f"loadtest: starting a gateway on 127.0.0.1:{gateway.http_port} (gRPC {gateway.grpc_port}) ...", flush=True
-        )
-        gateway.wait_ready()
-        host, grpc_host = f"http://127.0.0.1:{gateway.http_port}", f"127.0.0.1:{gateway.grpc_port}"
+        gateway = ChildGateway(args.model_repository, args.out / "gateway.log", args=["--log-format", "text"])
+        print(f"loadtest: starting a gateway on {gateway.url} (gRPC {gateway.grpc_url}) ...", flush=True)
+        try:
+            gateway.wait_ready(120)
+        except (RuntimeError, TimeoutError) as exc:
+            gateway.stop()
+            raise SystemExit(f"loadtest: {exc}") from None
+        host, grpc_host = f"http://{gateway.url}", gateway.grpc_url
     else:
         host = args.host.rstrip("/")
         grpc_host = args.grpc_host or f"{host.split('://', 1)[-1].rsplit(':', 1)[0]}:8001"
