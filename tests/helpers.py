@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ import yaml
 
 from gateway.child import ChildGateway, free_port
 
-__all__ = ["IDENTITY_TYPES", "GatewayProcess", "free_port", "identity_model", "write_model"]
+__all__ = ["IDENTITY_TYPES", "GatewayProcess", "ResponseReader", "free_port", "identity_model", "write_model"]
 
 IDENTITY_TYPES = [
     "BOOL",
@@ -105,3 +106,36 @@ class GatewayProcess(ChildGateway):
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                     total += sample.value
         return total
+
+
+class ResponseReader:
+    """Reads HTTP/1.1 responses with a Content-Length, one after another, off one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), f"connection closed mid-response: {self.buffer!r}"
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed mid-body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True when the server closes the connection (and sends nothing more)."""
+        return not self.buffer and not self._fill()

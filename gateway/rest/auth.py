@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Authenticator
-from gateway.codec.v2http import error_body
-from gateway.errors import BatchgateError, Unauthenticated
+from gateway.errors import BatchgateError
+from gateway.rest.infer import error_messages
 
 
 def authorize(auth: Authenticator, path: str, authorization: str | None) -> str | None:
@@ -41,11 +41,9 @@ class AuthMiddleware:
         try:
             principal = authorize(self.auth, scope["path"], authorization)
         except BatchgateError as exc:
-            headers = [(b"content-type", b"application/json")]
-            if isinstance(exc, Unauthenticated):
-                headers.append((b"www-authenticate", b'Bearer realm="batchgate"'))
-            await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-            await send({"type": "http.response.body", "body": error_body(exc.message)})
+            start, body = error_messages(exc)
+            await send(start)
+            await send(body)
             return
         if principal is not None:  # the per-client limits key on it (gateway.limits.client_key)
             scope.setdefault("state", {})["principal"] = principal

@@ -66,6 +66,11 @@ Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
 """A response as both HTTP paths send it: status, content type, body, extra headers."""
 
 
+def error_messages(error: BatchgateError) -> tuple[Message, Message]:
+    """The ASGI messages of ``error``'s v2 error response."""
+    return messages(error_answer(error))
+
+
 def error_answer(error: BatchgateError) -> Answer:
     """The v2 error response for ``error`` (status from the error class)."""
     extra = []
@@ -81,7 +86,8 @@ def error_answer(error: BatchgateError) -> Answer:
     return error.http_status, JSON, error_body(error.message), extra
 
 
-def _messages(answer: Answer) -> tuple[Message, Message]:
+def messages(answer: Answer) -> tuple[Message, Message]:
+    """The two ASGI messages that send ``answer``."""
     status, content_type, body, extra = answer
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]
     return {"type": "http.response.start", "status": status, "headers": headers}, {
@@ -269,6 +275,6 @@ class InferFront:
         call.close(answer[0])
         if answer[0] == Cancelled.http_status:
             return  # nobody is listening
-        start, body = _messages(answer)
+        start, body = messages(answer)
         await send(start)
         await send(body)

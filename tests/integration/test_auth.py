@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from gateway.auth import hash_token
-from tests.helpers import GatewayProcess, write_model
+from tests.helpers import GatewayProcess, ResponseReader, write_model
 
 USER = "user-token-4f1c9a"
 ADMIN = "admin-token-b72e0d"
@@ -61,6 +63,29 @@ def test_http_refusals(secured: GatewayProcess, token: str | None, status: str) 
     with pytest.raises(InferenceServerException) as info:
         _http_infer(secured, "digits_mlp", token)
     assert info.value.status() == status
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 401), ("wrong", 401), (NARROW, 403), (USER, 200)])
+def test_both_http_paths_judge_tokens_alike(secured: GatewayProcess, token: str | None, status: int) -> None:
+    """A Content-Length body takes the protocol's direct path, a chunked one the ASGI path
+    (gateway.rest.protocol): same status, same challenge header, same body."""
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]})
+    head = "POST /v2/models/digits_mlp/infer HTTP/1.1\r\nHost: t\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    direct = f"{head}Content-Length: {len(body)}\r\n\r\n{body}"
+    general = f"{head}Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n{body}\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", secured.port), timeout=10) as sock:
+        sock.sendall(direct.encode() + general.encode())
+        reader = ResponseReader(sock)
+        answers = [reader.response(), reader.response()]
+    for code, headers, payload in answers:
+        assert code == status
+        if status == 401:
+            assert headers["www-authenticate"] == 'Bearer realm="batchgate"'
+        if status != 200:
+            assert "error" in json.loads(payload)
+    assert answers[0][2] == answers[1][2]
 
 
 def test_http_valid_tokens_and_admin_endpoints(secured: GatewayProcess) -> None:

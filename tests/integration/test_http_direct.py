@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import GatewayProcess
+from tests.helpers import GatewayProcess, ResponseReader
 
 INFER = "/v2/models/digits_mlp/infer"
 
@@ -41,39 +41,6 @@ def _chunked(body: bytes) -> bytes:
     half = len(body) // 2
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
     return head.encode() + chunks + b"0\r\n\r\n"
-
-
-class Reader:
-    """Reads HTTP/1.1 responses with a Content-Length, one after another, off one socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buffer += data
-        return bool(data)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buffer:
-            assert self._fill(), f"connection closed mid-response: {self.buffer!r}"
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        while len(self.buffer) < length:
-            assert self._fill(), "connection closed mid-body"
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        """True when the server closes the connection (and sends nothing more)."""
-        return not self.buffer and not self._fill()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +68,7 @@ def test_pipelined_requests_mixing_both_paths_are_answered_in_order(
     ]
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"".join(batch))
-        reader = Reader(sock)
+        reader = ResponseReader(sock)
         answers = [reader.response() for _ in batch]
     assert [status for status, _, _ in answers] == [200, 400, 200, 200, 200]
     assert "error" in json.loads(answers[1][2])
@@ -116,7 +83,7 @@ def test_direct_and_general_paths_answer_alike(gateway: GatewayProcess) -> None:
     body = _body(_rows(7))
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(_post(body) + _chunked(body))
-        reader = Reader(sock)
+        reader = ResponseReader(sock)
         direct, general = reader.response(), reader.response()
     assert direct[0] == general[0] == 200
     assert direct[2] == general[2]
@@ -129,7 +96,7 @@ def test_errors_answer_alike_on_both_paths(gateway: GatewayProcess) -> None:
     bad = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}).encode()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(_post(bad) + _chunked(bad))
-        reader = Reader(sock)
+        reader = ResponseReader(sock)
         direct, general = reader.response(), reader.response()
     assert direct[0] == general[0] == 400
     assert direct[2] == general[2] and "input" in json.loads(direct[2])["error"]
@@ -141,7 +108,7 @@ def test_a_request_that_does_not_keep_alive_is_answered_then_closed(
 ) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(_post(_body(_rows(3)), version, extra))
-        reader = Reader(sock)
+        reader = ResponseReader(sock)
         status, headers, _ = reader.response()
         assert status == 200 and headers["connection"] == "close"
         assert reader.closed()
@@ -150,7 +117,7 @@ def test_a_request_that_does_not_keep_alive_is_answered_then_closed(
 def test_keep_alive_connection_serves_requests_one_after_another(gateway: GatewayProcess) -> None:
     requests_before = gateway.metric("batchgate_requests_total", {"model": "digits_mlp", "code": "200"})
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        reader = Reader(sock)
+        reader = ResponseReader(sock)
         for seed in range(20):
             sock.sendall(_post(_body(_rows(seed))))
             status, headers, _ = reader.response()
