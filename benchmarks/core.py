@@ -1,14 +1,18 @@
 """Core benchmark: raw in-process ONNX Runtime vs batchgate vs peers, in one run on one machine.
 
 In this order:
-1. the raw limit: ``mlp`` and ``mlp_xl`` in-process at batch sizes 1..128 with 1 and 2
-   threads (the best is each model's ratio denominator), and batch-1 latency;
+1. the raw limit: ``mlp`` in-process at batch sizes 1..128 with 1 and 2 threads (the best
+   is the ratio denominator), and batch-1 latency;
 2. batchgate (2 local workers): closed loop at each ``--users`` count over HTTP JSON,
-   HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; ``mlp_xl`` at 64 users;
-   open loop (Poisson) at 70% and 30% of the measured ``mlp`` capacity, against a second
-   gateway whose batcher waits the full queue delay (``adaptive: false``) at the same rates;
+   HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%
+   and 30% of the measured ``mlp`` capacity, each rate also against a second gateway whose
+   batcher waits the full queue delay (``adaptive: false``); then ``mlp_xl`` at 64 users,
+   right after its own raw sweep;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
-   ``--peers`` when they are installed.
+   ``--peers`` when they are installed;
+4. ``--rounds`` interleaved repeats of batchgate (JSON, binary) and the no-batching server
+   at 64 users: target 1 compares their medians, since the machine drifts between step 2
+   and step 3.
 It prints the table and writes ``benchmarks/results/core.md``, ``core.json``, ``core.png``
 and the latency samples behind the CDFs.
 """
@@ -20,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,16 +126,56 @@ def _repositories(work: Path) -> dict[str, Path]:
 
 def _gateway(repository: Path, log: Path, config: dict[str, Any] | None = None) -> ChildGateway:
     """A ready gateway on ``repository``; its ``process`` is what the rows' CPU and RSS measure."""
-    # The replica count is part of the scenario: no autoscaler changing it mid-run.
-    gateway = ChildGateway(
-        repository, log, {"autoscaler": {"enabled": False}, **(config or {})}, args=["--log-format", "text"]
-    )
+    # The replica count is part of the scenario: no autoscaler changing it mid-run. The load
+    # generator stands for many clients from one address: no per-client in-flight cap (the
+    # default 256 answered 429 to open-loop bursts near capacity).
+    settings = {"autoscaler": {"enabled": False}, "limits": {"per_client": {"max_concurrency": 0}}, **(config or {})}
+    gateway = ChildGateway(repository, log, settings, args=["--log-format", "text"])
     try:
         gateway.wait_ready()
     except BaseException:
         gateway.stop()
         raise
     return gateway
+
+
+def _baseline(repository: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The no-batching Starlette server, ready; and its port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.baseline_server", "--model-repository", str(repository)]
+    process = start([*argv, "--port", str(port)], log)
+    try:
+        wait_http_post(port, process)
+    except BaseException:
+        stop(process)
+        raise
+    return process, port
+
+
+def headline_rounds(repository: Path, work: Path, rounds: int, measure_one: Any) -> list[Row]:
+    """Target 1's comparison, ``rounds`` times, interleaved: batchgate JSON and binary and the
+    no-batching server at 64 users, one after another with both servers up.
+
+    This machine's speed drifts by 10-25% over minutes (the no-batching server measured 3,618
+    and 2,762 items/s in two runs an hour apart), so a ratio between two measurements taken
+    minutes apart says as much about the drift as about the servers. Medians of interleaved
+    rounds do not.
+    """
+    gateway = _gateway(repository, work / "gateway-rounds.log")
+    try:
+        baseline, port = _baseline(repository, work / "baseline-rounds.log")
+        try:
+            rows = []
+            for number in range(1, rounds + 1):
+                print(f"round {number}/{rounds}", flush=True)
+                rows.append(measure_one("batchgate", gateway.process, gateway.port, "json"))
+                rows.append(measure_one("batchgate", gateway.process, gateway.port, "binary"))
+                rows.append(measure_one("no-batching", baseline, port, "json"))
+            return rows
+        finally:
+            stop(baseline)
+    finally:
+        gateway.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--open-load", default="0.7,0.3", help="open-loop rates as shares of the measured capacity")
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved repeats of the 64-user comparison (target 1); 0 skips"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     users = [int(u) for u in args.users.split(",")]
@@ -156,8 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     main_repo = repos["main"]
     print("raw ONNX Runtime sweeps ...", flush=True)
     raw = raw_sweep(main_repo / "mlp" / "1" / "model.onnx", "mlp", 512, args.raw_seconds)
-    if not args.no_xl:
-        raw += raw_sweep(repos["xl"] / "mlp_xl" / "1" / "model.onnx", "mlp_xl", XL_WIDTHS[0], args.raw_seconds)
     latency = {
         "mlp": raw_latency_ms(main_repo / "mlp" / "1" / "model.onnx", 512),
         "digits_mlp": raw_latency_ms(main_repo / "digits_mlp" / "1" / "model.onnx", 64),
@@ -192,21 +238,21 @@ def main(argv: list[str] | None = None) -> None:
             run("batchgate", gateway.process, grpc_port if protocol == "grpc" else port, "digits_mlp", protocol, 1)
         capacity = max(r.items_per_s for r in rows if r.model == "mlp" and r.protocol == "binary")
         rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
-        for rate in rates:
-            run("batchgate", gateway.process, port, "mlp", "binary", rate=rate)
+        print(f"open loop at {rates} /s, each rate against a fixed queue delay (adaptive: false) ...", flush=True)
+        fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
+        try:
+            for rate in rates:  # the two batchers back to back at each rate: the machine drifts
+                run("batchgate", gateway.process, port, "mlp", "binary", rate=rate)
+                run("fixed-delay", fixed.process, fixed.port, "mlp", "binary", rate=rate)
+        finally:
+            fixed.stop()
     finally:
         gateway.stop()
 
-    print(f"batchgate, fixed queue delay (adaptive: false), open loop at {rates} /s ...", flush=True)
-    fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
-    try:
-        for rate in rates:
-            run("fixed-delay", fixed.process, fixed.port, "mlp", "binary", rate=rate)
-    finally:
-        fixed.stop()
-
     if not args.no_xl:
-        print("batchgate on mlp_xl ...", flush=True)
+        # Its raw limit right before it: a ratio across minutes on this machine measures drift too.
+        print("raw ONNX Runtime sweep of mlp_xl, then batchgate on it ...", flush=True)
+        raw += raw_sweep(repos["xl"] / "mlp_xl" / "1" / "model.onnx", "mlp_xl", XL_WIDTHS[0], args.raw_seconds)
         # The raw limit's thread budget (2 intra-op threads) in one worker, so batches can reach 64 rows.
         pool = {"replicas": 1, "threads": 2, "inflight_per_replica": 2}
         xl = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
@@ -216,13 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             xl.stop()
 
     print("no-batching Starlette baseline ...", flush=True)
-    port = free_port()
-    baseline = start(
-        [sys.executable, "-m", "benchmarks.baseline_server", "--model-repository", str(main_repo), "--port", str(port)],
-        work / "baseline.log",
-    )
+    baseline, port = _baseline(main_repo, work / "baseline.log")
     try:
-        wait_http_post(port, baseline)
         for count in users:
             run("no-batching", baseline, port, "mlp", "json", count)
         run("no-batching", baseline, port, "digits_mlp", "json", 1)
@@ -248,6 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         peer_notes.append("Ray Serve and PyTriton not run (pass --peers)")
 
+    rounds: list[Row] = []
+    if args.rounds > 0 and 64 in users:
+        print(f"64 users, {args.rounds} interleaved rounds of batchgate and the no-batching server ...", flush=True)
+
+        def one(system: str, server: Any, port: int, protocol: str) -> Row:
+            payload = payloads["mlp"][protocol]
+            return measure(system, server, port, "mlp", protocol, payload, 64, args.duration, args.warmup)
+
+        rounds = headline_rounds(main_repo, work, args.rounds, one)
+
     meta = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": platform.processor() or platform.machine(),
@@ -258,11 +309,16 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup,
         "peers": "; ".join(peer_notes) + ".",
     }
-    text = markdown(raw, latency, rows, meta)
+    text = markdown(raw, latency, rows, meta, rounds)
     (args.out / "core.md").write_text(text)
-    (args.out / "core.json").write_text(
-        json.dumps({"meta": meta, "raw": raw, "raw_latency_ms": latency, "rows": [asdict(r) for r in rows]}, indent=2)
-    )
+    document = {
+        "meta": meta,
+        "raw": raw,
+        "raw_latency_ms": latency,
+        "rows": [asdict(r) for r in rows],
+        "rounds": [asdict(r) for r in rounds],
+    }
+    (args.out / "core.json").write_text(json.dumps(document, indent=2))
     plot(rows, args.out)
     shutil.rmtree(work, ignore_errors=True)
     print()

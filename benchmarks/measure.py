@@ -34,6 +34,7 @@ class Row:
     loadgen_cpu_pct: float
     rate: float = 0.0
     samples: str | None = None
+    requests: int = 0  # answered 200 in the measured window (errors not included)
 
 
 def free_port() -> int:
@@ -160,6 +161,7 @@ def measure(
         loadgen_cpu_pct=result["loadgen_cpu_share"] * 100,
         rate=rate,
         samples=samples.name if samples is not None else None,
+        requests=result["requests"],
     )
     load = f"rate={rate:.0f}/s" if rate else f"users={users:3d}"
     print(

@@ -37,21 +37,65 @@ def _raw_table(raw: list[dict[str, Any]], model: str) -> list[str]:
     return lines
 
 
-def targets(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row]) -> list[str]:
-    """The issue's targets, each with its number and whether it holds."""
+def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
+    """The round with the median items/s of ``system`` over ``protocol`` (its own p99 with it)."""
+    runs = sorted((r for r in rows if r.system == system and r.protocol == protocol), key=lambda r: r.items_per_s)
+    return runs[len(runs) // 2] if runs else None
+
+
+def rounds_table(rounds: list[Row]) -> list[str]:
+    """Each interleaved round of the 64-user comparison, and the ratio within it."""
+    columns = [("batchgate", "json"), ("batchgate", "binary"), ("no-batching", "json")]
+    series = {c: [r for r in rounds if (r.system, r.protocol) == c] for c in columns}
+    count = min(len(v) for v in series.values())
+    lines = [
+        "| round | batchgate json | batchgate binary | no-batching json | json / no-batching | binary / no-batching |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for index in range(count):
+        ours_json, ours_binary, base = (series[c][index] for c in columns)
+        cells = [f"{r.items_per_s:.0f} (p99 {_fmt(r.p99_ms, 1)})" for r in (ours_json, ours_binary, base)]
+        ratios = [f"{r.items_per_s / base.items_per_s:.2f}x" for r in (ours_json, ours_binary)]
+        lines.append(f"| {index + 1} | " + " | ".join(cells + ratios) + " |")
+    return lines
+
+
+def targets(
+    raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row], rounds: list[Row] | None = None
+) -> list[str]:
+    """The issue's targets, each with its number and whether it holds. With interleaved
+    ``rounds``, target 1 compares their medians (the peers measured once stay in the race)."""
     out = []
+    rounds = rounds or []
+    baseline = median_row(rounds, "no-batching", "json")
+    # Every peer measured once at 64 users; with rounds, the no-batching server's median
+    # from them replaces its single run (measured minutes away from batchgate's).
+    candidates = [
+        r
+        for r in rows
+        if r.system not in OURS and r.model == "mlp" and r.users == 64 and not (baseline and r.system == "no-batching")
+    ]
+    if baseline is not None:
+        candidates.append(baseline)
+    peer = max(candidates, key=lambda r: r.items_per_s, default=None)
     for protocol in ("json", "binary", "grpc"):
-        ours = next(
-            (r for r in rows if r.system == "batchgate" and (r.model, r.protocol, r.users) == ("mlp", protocol, 64)),
-            None,
-        )
-        peer = best_peer(rows, "mlp", 64)
+        ours = median_row(rounds, "batchgate", protocol)
+        how = f", median of {len(rounds) // 3} interleaved rounds" if ours is not None else ""
+        if ours is None:
+            ours = next(
+                (
+                    r
+                    for r in rows
+                    if r.system == "batchgate" and (r.model, r.protocol, r.users) == ("mlp", protocol, 64)
+                ),
+                None,
+            )
         if ours is None or peer is None:
             continue
         ratio = ours.items_per_s / peer.items_per_s
         lower = ours.p99_ms is not None and peer.p99_ms is not None and ours.p99_ms < peer.p99_ms
         met = ratio >= 2.0 and lower
-        same = [r for r in rows if r.system not in OURS and (r.model, r.protocol, r.users) == ("mlp", protocol, 64)]
+        same = [r for r in candidates if r.protocol == protocol]
         same_peer = max(same, key=lambda r: r.items_per_s, default=None)
         if same_peer is not None and same_peer is not peer:
             same_ratio = ours.items_per_s / same_peer.items_per_s
@@ -59,7 +103,7 @@ def targets(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row
         else:
             note = ""
         out.append(
-            f"- 1. `mlp` 64 users, {protocol}: {ours.items_per_s:.0f} items/s = **{ratio:.2f}x** the best peer "
+            f"- 1. `mlp` 64 users, {protocol}{how}: {ours.items_per_s:.0f} items/s = **{ratio:.2f}x** the best peer "
             f"({peer.system} {peer.protocol}, {peer.items_per_s:.0f}); "
             f"p99 {_fmt(ours.p99_ms)} vs {_fmt(peer.p99_ms)} ms "
             f"— {'met' if met else 'NOT met (target ≥ 2x with lower p99)'}{note}"
@@ -87,7 +131,11 @@ def targets(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row
         if ours is None or not ours.p50_ms or not ours.p99_ms:
             continue
         ratio = ours.p99_ms / ours.p50_ms
-        verdict = "met" if ratio <= 3.0 else "NOT met (target ≤ 3)"
+        error_share = ours.errors / max(ours.errors + ours.requests, 1)
+        if error_share > 0.01:
+            verdict = f"NOT met (overloaded: {error_share:.0%} of requests failed)"
+        else:
+            verdict = "met" if ratio <= 3.0 else "NOT met (target ≤ 3)"
         label = "4." if rate == open_rates[0] else "  "
         line = (
             f"- {label} open loop at {rate:.0f}/s (binary, mlp): p99/p50 = {ours.p99_ms:.2f}/{ours.p50_ms:.2f} "
@@ -103,7 +151,13 @@ def targets(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row
     return out
 
 
-def markdown(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Row], meta: dict[str, Any]) -> str:
+def markdown(
+    raw: list[dict[str, Any]],
+    latency: dict[str, float],
+    rows: list[Row],
+    meta: dict[str, Any],
+    rounds: list[Row] | None = None,
+) -> str:
     lines = [
         "# Core benchmark: batchgate vs raw ONNX Runtime vs peers",
         "",
@@ -115,9 +169,19 @@ def markdown(raw: list[dict[str, Any]], latency: dict[str, float], rows: list[Ro
         "",
         "## Targets (issue 8)",
         "",
-        *targets(raw, latency, rows),
+        *targets(raw, latency, rows, rounds),
         "",
     ]
+    if rounds:
+        lines += [
+            "## 64 users, interleaved rounds (target 1)",
+            "",
+            "The machine's speed drifts by 10-25% over minutes, so target 1 compares medians of rounds "
+            "that measure batchgate and the no-batching server one after another (items/s, p99 ms):",
+            "",
+            *rounds_table(rounds),
+            "",
+        ]
     for model in sorted({r["model"] for r in raw}):
         lines += [f"## Raw limit (in-process ONNX Runtime, `{model}`)", "", *_raw_table(raw, model), ""]
     lines += [
