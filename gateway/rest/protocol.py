@@ -29,7 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.auth import Authenticator
 from gateway.codec.v2http import error_body
 from gateway.config import LimitsConfig
-from gateway.errors import BatchgateError, Cancelled, RequestTimeout
+from gateway.errors import BatchgateError, Cancelled, RequestTimeout, Unavailable
 from gateway.rest.auth import authorize
 from gateway.rest.infer import WANTED, Answer, InferCall, InferFront, error_answer, infer_target
 
@@ -150,9 +150,12 @@ class DirectCycle:
         # still being parsed, and must queue behind this one as uvicorn's own would.
         self.protocol.loop.call_soon(self.answer, answer)
 
-    def _answered(self, _future: asyncio.Future[Any]) -> None:
+    def _answered(self, future: asyncio.Future[Any]) -> None:
         if self.response_complete:
             return  # the client left; abandon() already counted it
+        if future.cancelled():  # only abandon() cancels a ticket today; a live client still gets an answer
+            self.answer(error_answer(Unavailable("the request was cancelled inside the gateway; retry")))
+            return
         try:
             answer = self.call.answer()
         except BatchgateError as exc:

@@ -1,0 +1,123 @@
+"""DirectCycle's own decisions, on a stand-in connection: what is written, counted and closed.
+
+The path as a whole runs against real gateways in tests/integration/test_http_direct.py;
+these cover what a real client cannot provoke (a ticket cancelled inside the gateway)
+or needs exact bytes for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gateway.rest.infer import JSON, Answer
+from gateway.rest.protocol import DirectCycle
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class ServerState:
+    default_headers = [(b"server", b"test")]
+
+
+class Protocol:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = Transport()
+        self.server_state = ServerState()
+        self.loop = loop
+        self.completed = 0
+
+    def on_response_complete(self) -> None:
+        self.completed += 1
+
+
+class Call:
+    """The parts of InferCall a DirectCycle uses; records what it was told."""
+
+    def __init__(self, answer: Answer | None = None) -> None:
+        self.closed: list[int] = []
+        self.abandoned = False
+        self._answer = answer
+
+    def close(self, status: int) -> None:
+        self.closed.append(status)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    def answer(self) -> Answer:
+        assert self._answer is not None
+        return self._answer
+
+
+def _cycle(call: Call, keep_alive: bool = True) -> tuple[DirectCycle, Protocol]:
+    protocol = Protocol(asyncio.new_event_loop())
+    cycle = DirectCycle(protocol, call, keep_alive, None)  # type: ignore[arg-type]
+    return cycle, protocol
+
+
+def _response(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return lines[0], headers, body
+
+
+def test_a_ticket_cancelled_inside_the_gateway_still_gets_a_503_not_silence() -> None:
+    call = Call()
+    cycle, protocol = _cycle(call)
+    future: asyncio.Future[Any] = protocol.loop.create_future()
+    future.cancel()
+    cycle._answered(future)
+    status, headers, body = _response(b"".join(protocol.transport.written))
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert "cancelled inside the gateway" in json.loads(body)["error"]
+    assert headers["content-length"] == str(len(body))
+    assert call.closed == [503] and protocol.completed == 1
+    protocol.loop.close()
+
+
+def test_a_client_gone_is_counted_once_and_gets_no_bytes() -> None:
+    call = Call((200, JSON, b"{}", []))
+    cycle, protocol = _cycle(call)
+    cycle.disconnected = True
+    cycle.set()  # what uvicorn's connection_lost does
+    cycle.answer((200, JSON, b"{}", []))  # the batch comes back afterwards
+    assert call.abandoned and call.closed == [499]
+    assert protocol.transport.written == [] and protocol.completed == 0
+    protocol.loop.close()
+
+
+def test_one_write_per_answer_and_close_when_the_answer_says_so() -> None:
+    call = Call()
+    cycle, protocol = _cycle(call)
+    cycle.answer((503, JSON, b'{"error":"draining"}', [(b"retry-after", b"1"), (b"connection", b"close")]))
+    assert len(protocol.transport.written) == 1 and protocol.transport.closed
+    _, headers, _ = _response(protocol.transport.written[0])
+    assert headers["retry-after"] == "1" and headers["connection"] == "close" and headers["server"] == "test"
+    assert protocol.transport.written[0].count(b"connection:") == 1
+    protocol.loop.close()
+
+
+def test_keep_alive_answers_leave_the_connection_open() -> None:
+    call = Call()
+    cycle, protocol = _cycle(call)
+    cycle.answer((200, b"application/octet-stream", b"\x00\x01", [(b"inference-header-content-length", b"0")]))
+    _, headers, body = _response(protocol.transport.written[0])
+    assert body == b"\x00\x01" and "connection" not in headers
+    assert not protocol.transport.closed and protocol.completed == 1
+    protocol.loop.close()
