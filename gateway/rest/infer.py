@@ -105,7 +105,19 @@ class InferCall:
     and the metrics live here, so the two cannot drift apart.
     """
 
-    __slots__ = ("front", "headers", "model", "peer", "principal", "release", "request", "started", "ticket", "version")
+    __slots__ = (
+        "front",
+        "gauge",
+        "headers",
+        "model",
+        "peer",
+        "principal",
+        "release",
+        "request",
+        "started",
+        "ticket",
+        "version",
+    )
 
     def __init__(
         self,
@@ -126,7 +138,8 @@ class InferCall:
         self.release: Callable[[], None] | None = None
         self.ticket: Ticket | None = None
         self.request: InferRequest | None = None
-        front.metrics.inflight.labels(model).inc()
+        self.gauge = front.metrics.inflight.labels(model)
+        self.gauge.inc()
 
     def limit(self) -> None:
         """Take the client's place under its per-client limits (429 when it has none left)."""
@@ -213,9 +226,8 @@ class InferCall:
         if self.release is not None:
             self.release()
             self.release = None
-        front = self.front
-        front.metrics.inflight.labels(self.model).dec()
-        front.router.record(self.model, self.version, status, time.perf_counter() - self.started)
+        self.gauge.dec()
+        self.front.router.record(self.model, self.version, status, time.perf_counter() - self.started)
 
 
 class InferFront:

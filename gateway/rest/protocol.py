@@ -266,7 +266,8 @@ class GuardedProtocol(HttpToolsProtocol):
         url = self.url
         if self.parser.get_method() != b"POST" or self.expect_100_continue or self.root_path or b"%" in url:
             return None
-        target = infer_target(url.partition(b"?")[0].decode("latin-1"))
+        path = url.partition(b"?")[0].decode("latin-1")
+        target = infer_target(path)
         if target is None or self.parser.should_upgrade():
             return None
         headers = {name: value for name, value in self.headers if name in _DIRECT_HEADERS}
@@ -280,11 +281,7 @@ class GuardedProtocol(HttpToolsProtocol):
         principal = None
         if self.auth is not None:
             try:
-                principal = authorize(
-                    self.auth,
-                    url.partition(b"?")[0].decode("latin-1"),
-                    authorization.decode("latin-1") if authorization else None,
-                )
+                principal = authorize(self.auth, path, authorization.decode("latin-1") if authorization else None)
             except BatchgateError as exc:
                 refused = exc
         call = InferCall(self.front, *target, headers, self.client[0] if self.client else None, principal)  # type: ignore[arg-type]
