@@ -1,4 +1,4 @@
-"""A small load generator: keep-alive HTTP/1.1 or gRPC, pre-encoded requests.
+"""A small load generator: keep-alive HTTP/1.1 or gRPC (``benchmarks.h2grpc``), pre-encoded requests.
 
 Closed loop (``--users N``: each user sends its next request when the last is answered)
 or open loop (``--rate R``: Poisson arrivals at R requests/s whatever the server does,
@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.h2grpc import Connection
+
 Send = Callable[[], Awaitable[bool]]
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 class Window:
@@ -147,25 +150,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     start = time.perf_counter()
     window = Window(start + args.warmup, start + args.warmup + args.duration, args.max_requests)
     cpu0 = time.process_time()
-    channel = None
+    connection = None
     if args.grpc:
-        import grpc
-
-        channel = grpc.aio.insecure_channel(f"{args.host}:{args.port}")
-        # Pre-serialized request, undecoded response: the generator spends no time on protobuf.
-        call = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=lambda raw: raw,
-            response_deserializer=lambda raw: raw,
-        )
-
-        async def send() -> bool:
-            try:
-                await call(body, timeout=30)
-            except grpc.aio.AioRpcError:
-                return False
-            return True
-
+        connection = await Connection.open(args.host, args.port, MODEL_INFER, body)
+        send = connection.call
         tasks = [open_loop(window, send, args.rate)] if args.rate else [window.loop(send) for _ in range(args.users)]
     else:
         head = [f"POST {args.path} HTTP/1.1", f"Host: {args.host}:{args.port}", f"Content-Length: {len(body)}"]
@@ -177,8 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         else:
             tasks = [_http_user(window, args.host, args.port, request) for _ in range(args.users)]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.warmup + args.duration + 60)
-    if channel is not None:
-        await channel.close()
+    if connection is not None:
+        connection.close()
     if args.samples is not None:
         step = max(1, len(window.latencies) // 20_000)  # enough for a CDF, small enough to commit
         samples = sorted(window.latencies)[::step]
@@ -218,13 +206,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)
     args = parser.parse_args()
-    if not args.grpc:
-        try:
-            import uvloop
+    try:
+        import uvloop
 
-            uvloop.install()
-        except ImportError:
-            pass
+        uvloop.install()
+    except ImportError:
+        pass
     json.dump(asyncio.run(run(args)), sys.stdout)
     sys.stdout.flush()
     os._exit(0)

@@ -165,7 +165,9 @@ def markdown(
         f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; {meta['date']}  ",
         f"Load: one item per request, {meta['duration']} s measured after {meta['warmup']} s warm-up; closed loop "
         "(users) or open loop (Poisson arrivals at a rate, latency from the scheduled arrival). The load generator "
-        "runs in its own process (its CPU share is reported). Peers: " + meta["peers"],
+        "runs in its own process (its CPU share is reported): pre-encoded keep-alive HTTP/1.1, or for gRPC a minimal "
+        "HTTP/2 client (`benchmarks/h2grpc.py`) that counts an answer only when its grpc-status is 0. Peers: "
+        + meta["peers"],
         "",
         "## Targets (issue 8)",
         "",

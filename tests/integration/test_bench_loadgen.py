@@ -1,0 +1,55 @@
+"""The benchmark's load generator against a real gateway: its lean gRPC client counts
+answers by their grpc-status, so a failing server shows up as errors, never as speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+
+from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string
+from tests.helpers import GatewayProcess
+
+
+def _request(model: str) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="input", datatype="FP32")
+    tensor.shape.extend([1, 64])
+    request.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+    return bytes(request.SerializeToString())
+
+
+def _loadgen(gateway: GatewayProcess, body: Path, *args: str) -> dict[str, float]:
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--grpc", "--port", str(gateway.grpc_port)]
+    argv += ["--body", str(body), "--warmup", "0", "--duration", "30", *args]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("load", [["--users", "8"], ["--rate", "400"]], ids=["closed", "open"])
+def test_grpc_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: Path, load: list[str]) -> None:
+    good, unknown = tmp_path / "good.pb", tmp_path / "unknown.pb"
+    good.write_bytes(_request("digits_mlp"))
+    unknown.write_bytes(_request("no_such_model"))
+    served = _loadgen(gateway, good, *load, "--max-requests", "300")
+    assert (served["requests"], served["errors"]) == (300, 0)
+    refused = _loadgen(gateway, unknown, *load, "--max-requests", "40")
+    assert (refused["requests"], refused["errors"]) == (0, 40)
+
+
+def test_grpc_status_reads_literals_and_refuses_what_it_cannot_read() -> None:
+    status = hpack_int(0, 4, 0) + hpack_string(b"grpc-status") + hpack_string(b"14")
+    message = hpack_int(0, 4, 0x10) + hpack_string(b"grpc-message") + hpack_string(b"x" * 300)
+    assert grpc_status(b"\x88" + message + status) == 14  # :status 200 (static 8) first
+    assert grpc_status(b"\x20" + hpack_int(0, 6, 0x40) + hpack_string(b"grpc-status") + b"\x010") == 0
+    assert grpc_status(b"\x88" + message) is None
+    huffman = hpack_int(0, 4, 0) + b"\x88" + b"\x00" * 8 + b"\x010"
+    assert grpc_status(huffman) is None  # a Huffman-coded name is not read as grpc-status
+    with pytest.raises(ValueError, match="dynamic index 62"):
+        grpc_status(b"\xbe")
