@@ -4,8 +4,8 @@ In this order:
 1. the raw limit: ``mlp`` in-process at batch sizes 1..128 with 1 and 2 threads (the best
    is the ratio denominator), and batch-1 latency;
 2. batchgate (2 local workers): closed loop at each ``--users`` count over HTTP JSON,
-   HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%
-   and 30% of the measured ``mlp`` capacity, each rate also against a second gateway whose
+   HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%,
+   30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
    batcher waits the full queue delay (``adaptive: false``); then ``mlp_xl`` at 64 users,
    right after its own raw sweep;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--raw-seconds", type=float, default=0.5, help="seconds per raw batch size")
     parser.add_argument("--users", default="1,16,64,256", help="closed-loop user counts")
-    parser.add_argument("--open-load", default="0.7,0.3", help="open-loop rates as shares of the measured capacity")
+    parser.add_argument("--open-load", default="0.7,0.3,0.1", help="open-loop rates as shares of the measured capacity")
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
     parser.add_argument(

@@ -145,7 +145,8 @@ def targets(
         if fixed is not None and fixed.p50_ms and fixed.p99_ms:
             line += (
                 f"; fixed 2 ms delay at the same rate: p50 {fixed.p50_ms:.2f}, p99 {fixed.p99_ms:.2f} ms "
-                f"(adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'})"
+                f"(adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'}); server CPU "
+                f"{ours.server_cpu_pct:.0f}% adaptive vs {fixed.server_cpu_pct:.0f}% fixed"
             )
         out.append(line)
     return out
