@@ -207,9 +207,11 @@ class ModelBatcher:
         A lone client (λ = 0, nothing in flight) therefore never waits. Measured on
         ``mlp`` (2 workers, 2 cores): against the balance-free rule on worker compute,
         16 users 3,425 -> 4,027 items/s and 64 users 4,856 -> 6,330; against a fixed
-        2 ms delay, 1 user p50 0.89 vs 3.24 ms. Under Poisson arrivals near 70% of
-        capacity the fixed delay's larger batches still give the tighter tail (p99
-        12-14 vs 18 ms at 3,500/s): see benchmarks/results/core.md.
+        2 ms delay, 1 user p50 0.89 vs 3.24 ms. Under Poisson arrivals at 30% and 70%
+        of capacity the fixed delay's larger batches give the tighter tail, and at 30%
+        use about two thirds of the CPU, because the slot-throughput test above does not
+        see the CPU the small batches take from the rest of the box: see
+        benchmarks/results/core.md.
         """
         rows = self.queue.rows
         if rows >= self.preferred_max or rows in self.preferred:

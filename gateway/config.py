@@ -49,8 +49,9 @@ class BatchingConfig(_Frozen):
     aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
     adaptive: bool = Field(
         True,
-        description="Close batches early by the deadline and arrival-rate rules; false = wait the full "
-        "max_queue_delay_us unless full (Triton-style, for comparison).",
+        description="Close batches early by the deadline and arrival-rate rules (a lone client never waits); "
+        "false = wait the full max_queue_delay_us unless full (Triton-style: larger batches, less CPU and a "
+        "tighter tail for CPU-bound models under sustained load).",
     )
 
     @model_validator(mode="after")
