@@ -134,7 +134,7 @@ class Connection(asyncio.Protocol):
         self.max_frame = DEFAULT_FRAME
         self.max_streams = 1 << 30
         self.blocked: collections.deque[tuple[int, bytes]] = collections.deque()  # (size, frames) awaiting window
-        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()  # calls over max_streams
+        self.waiting: collections.deque[asyncio.Future[bool]] = collections.deque()  # calls over max_streams
         self.received = 0
         self.closed: Exception | None = None
 
@@ -166,19 +166,22 @@ class Connection(asyncio.Protocol):
                 waiter.set_exception(exc)
         self.waiting.clear()
 
-    async def call(self) -> bool:
+    def call(self) -> asyncio.Future[bool]:
+        """Start one call; its future answers whether grpc-status was 0."""
         if self.closed is not None:
-            raise ConnectionError(f"connection closed: {self.closed}")
-        while len(self.calls) >= self.max_streams:
-            waiter = self.loop.create_future()
-            self.waiting.append(waiter)
-            await waiter
+            raise ConnectionResetError(f"connection closed: {self.closed}")
+        answer: asyncio.Future[bool] = self.loop.create_future()
+        if len(self.calls) >= self.max_streams:
+            self.waiting.append(answer)  # started when a stream finishes
+        else:
+            self._start(answer)
+        return answer
+
+    def _start(self, answer: asyncio.Future[bool]) -> None:
         stream = self.next_stream
         self.next_stream += 2
-        answer: asyncio.Future[bool] = self.loop.create_future()
         self.calls[stream] = answer
         self._write(stream)
-        return await answer
 
     def _write(self, stream: int) -> None:
         body = self.body
@@ -279,10 +282,10 @@ class Connection(asyncio.Protocol):
         call = self.calls.pop(stream, None)
         if call is not None and not call.done():
             call.set_result(ok)
-        if self.waiting and len(self.calls) < self.max_streams:
+        while self.waiting and len(self.calls) < self.max_streams:
             waiter = self.waiting.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                self._start(waiter)
 
     def close(self) -> None:
         if self.transport is not None:

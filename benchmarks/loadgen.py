@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import h1
 from benchmarks.h2grpc import Connection
 
-Send = Callable[[], Awaitable[bool]]
+Send = Callable[[], "asyncio.Future[bool]"]
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
@@ -52,77 +54,27 @@ class Window:
                     self.errors += 1
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
-    """Send one pre-encoded HTTP/1.1 request; read its answer; return the head (status at [9:12])."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return head
-
-
 async def _http_user(window: Window, host: str, port: int, request: bytes) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-
-    async def send() -> bool:
-        head = await exchange(reader, writer, request)
-        return head[9:12] == b"200"
-
+    connection = await h1.Connection.open(host, port, request)
     try:
-        await window.loop(send)
+        await window.loop(connection.call)
     finally:
-        writer.close()
-
-
-class HttpPool:
-    """Keep-alive connections for open-loop HTTP: one per request in flight, reused when free."""
-
-    def __init__(self, host: str, port: int, request: bytes, limit: int) -> None:
-        self.host, self.port, self.request, self.limit = host, port, request, limit
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.opened = 0
-
-    async def send(self) -> bool:
-        reused = bool(self.idle)
-        if reused:
-            reader, writer = self.idle.pop()
-        elif self.opened < self.limit:
-            self.opened += 1
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        else:
-            return False  # the generator's own cap: counted as an error, never silently dropped
-        try:
-            head = await exchange(reader, writer, self.request)
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
-            if not reused:
-                raise
-            # An idle pooled connection the server closed (keep-alive expiry) never saw the
-            # request: send it again on a fresh connection, as HTTP clients do.
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            head = await exchange(reader, writer, self.request)
-        self.idle.append((reader, writer))
-        return head[9:12] == b"200"
-
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+        connection.close()
 
 
 async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> None:
-    """Poisson arrivals at ``rate``/s until the window closes; waits for the last answers."""
-    rng = np.random.default_rng(seed)
-    tasks: set[asyncio.Task[None]] = set()
+    """Poisson arrivals at ``rate``/s until the window closes; waits for the last answers.
 
-    async def one(scheduled: float) -> None:
-        try:
-            ok = await send()
-        except (OSError, asyncio.IncompleteReadError):
-            ok = False  # the server closed the connection: an error, counted
+    Each answer is counted in its future's callback: no task per request, so the
+    generator's own CPU stays small next to the server's.
+    """
+    rng = np.random.default_rng(seed)
+    pending: set[asyncio.Future[bool]] = set()
+
+    def count(scheduled: float, answer: asyncio.Future[bool]) -> None:
+        pending.discard(answer)
+        # An answer that failed (the server closed the connection) is an error, counted.
+        ok = not answer.cancelled() and answer.exception() is None and answer.result()
         if scheduled >= window.warm_until:
             if ok:
                 window.latencies.append(time.perf_counter() - scheduled)
@@ -138,11 +90,16 @@ async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> N
         if delay > 0:
             await asyncio.sleep(delay)  # pacing the arrivals, not waiting on the server
         window.budget -= 1
-        task = asyncio.ensure_future(one(arrival))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.gather(*tasks)
+        try:
+            answer = send()
+        except OSError:  # the connection is gone: an error, counted
+            if arrival >= window.warm_until:
+                window.errors += 1
+            continue
+        pending.add(answer)
+        answer.add_done_callback(functools.partial(count, arrival))
+    if pending:
+        await asyncio.wait(pending)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -160,7 +117,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         head += args.header
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         if args.rate:
-            pool = HttpPool(args.host, args.port, request, args.max_connections)
+            pool = h1.Pool(args.host, args.port, request, args.max_connections)
             tasks = [open_loop(window, pool.send, args.rate)]
         else:
             tasks = [_http_user(window, args.host, args.port, request) for _ in range(args.users)]
