@@ -1,5 +1,6 @@
-"""The benchmark's load generator against a real gateway: its lean gRPC client counts
-answers by their grpc-status, so a failing server shows up as errors, never as speed."""
+"""The benchmark's load generator against a real gateway: its lean HTTP/1.1 and gRPC
+clients count answers by status (HTTP 200, grpc-status 0), so a failing server shows up as
+errors, never as speed, and every run stops at its request budget."""
 
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ def _request(model: str) -> bytes:
     return bytes(request.SerializeToString())
 
 
-def _loadgen(gateway: GatewayProcess, body: Path, *args: str) -> dict[str, float]:
-    argv = [sys.executable, "-m", "benchmarks.loadgen", "--grpc", "--port", str(gateway.grpc_port)]
-    argv += ["--body", str(body), "--warmup", "0", "--duration", "30", *args]
+def _loadgen(body: Path, *args: str) -> dict[str, float]:
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--body", str(body), "--warmup", "0", "--duration", "30", *args]
     done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
     result: dict[str, float] = json.loads(done.stdout)
     return result
@@ -37,10 +37,21 @@ def test_grpc_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: P
     good, unknown = tmp_path / "good.pb", tmp_path / "unknown.pb"
     good.write_bytes(_request("digits_mlp"))
     unknown.write_bytes(_request("no_such_model"))
-    served = _loadgen(gateway, good, *load, "--max-requests", "300")
+    served = _loadgen(good, "--grpc", "--port", str(gateway.grpc_port), *load, "--max-requests", "300")
     assert (served["requests"], served["errors"]) == (300, 0)
-    refused = _loadgen(gateway, unknown, *load, "--max-requests", "40")
+    refused = _loadgen(unknown, "--grpc", "--port", str(gateway.grpc_port), *load, "--max-requests", "40")
     assert (refused["requests"], refused["errors"]) == (0, 40)
+
+
+@pytest.mark.parametrize("load", [["--users", "8"], ["--rate", "400"]], ids=["closed", "open"])
+def test_http_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: Path, load: list[str]) -> None:
+    body = tmp_path / "digits.json"
+    rows = np.ones((1, 64), np.float32).reshape(-1).tolist()
+    body.write_text(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows}]}))
+    for model, count, expected in (("digits_mlp", 300, (300, 0)), ("no_such_model", 40, (0, 40))):
+        path = f"/v2/models/{model}/infer"
+        result = _loadgen(body, "--port", str(gateway.port), "--path", path, *load, "--max-requests", str(count))
+        assert (result["requests"], result["errors"]) == expected, model
 
 
 def test_grpc_status_reads_literals_and_refuses_what_it_cannot_read() -> None:
