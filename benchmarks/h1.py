@@ -22,6 +22,7 @@ class Connection(asyncio.Protocol):
         self.answer: asyncio.Future[bool] | None = None
         self.body_left: int | None = None  # body bytes still due after the head, None while reading a head
         self.status_ok = False
+        self.last = False  # the server said Connection: close
         self.closed: Exception | None = None
 
     @classmethod
@@ -60,13 +61,19 @@ class Connection(asyncio.Protocol):
                 self.status_ok = head[9:12] == b"200"
                 self.body_left = 0
                 for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
+                    name = line[:15].lower()
+                    if name == b"content-length:":
                         self.body_left = int(line[15:])
+                    elif name[:11] == b"connection:" and line[11:].strip().lower() == b"close":
+                        self.last = True
             if len(buffer) < self.body_left:
                 return
             del buffer[: self.body_left]
             self.body_left = None
             answer, self.answer = self.answer, None
+            if self.last:  # the server closes after this answer: never send on it again
+                self.closed = ConnectionResetError("the server asked to close the connection")
+                self.close()
             if answer is not None and not answer.done():
                 answer.set_result(self.status_ok)
 
@@ -117,7 +124,10 @@ class Pool:
         def answered(answer: asyncio.Future[bool]) -> None:
             error = answer.exception()
             if error is None:
-                self.idle.append(connection)
+                if connection.closed is None:
+                    self.idle.append(connection)
+                else:
+                    self.opened -= 1
                 result.set_result(answer.result())
             elif reused:
                 # An idle connection the server closed (keep-alive expiry) never saw the

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,16 @@ class Window:
         self.latencies: list[float] = []
         self.errors = 0
 
-    async def loop(self, send: Send) -> None:
+    async def loop(self, send: Callable[[], Awaitable[bool]]) -> None:
         while self.budget > 0:
             started = time.perf_counter()
             if started >= self.stop_at:
                 return
             self.budget -= 1
-            ok = await send()
+            try:
+                ok = await send()
+            except OSError:  # the server closed the connection (or refused a new one): an error, counted
+                ok = False
             if started >= self.warm_until:
                 if ok:
                     self.latencies.append(time.perf_counter() - started)
@@ -56,8 +59,15 @@ class Window:
 
 async def _http_user(window: Window, host: str, port: int, request: bytes) -> None:
     connection = await h1.Connection.open(host, port, request)
+
+    async def send() -> bool:
+        nonlocal connection
+        if connection.closed is not None:  # closed by the server: carry on over a new one
+            connection = await h1.Connection.open(host, port, request)
+        return await connection.call()
+
     try:
-        await window.loop(connection.call)
+        await window.loop(send)
     finally:
         connection.close()
 

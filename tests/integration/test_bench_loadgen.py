@@ -52,6 +52,21 @@ def test_http_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: P
         path = f"/v2/models/{model}/infer"
         result = _loadgen(body, "--port", str(gateway.port), "--path", path, *load, "--max-requests", str(count))
         assert (result["requests"], result["errors"]) == expected, model
+    # A server closing each connection after its answer costs reconnections, not answers.
+    path = "/v2/models/digits_mlp/infer"
+    closing = _loadgen(
+        body,
+        "--port",
+        str(gateway.port),
+        "--path",
+        path,
+        "--header",
+        "Connection: close",
+        *load,
+        "--max-requests",
+        "100",
+    )
+    assert (closing["requests"], closing["errors"]) == (100, 0)
 
 
 def test_grpc_status_reads_literals_and_refuses_what_it_cannot_read() -> None:
