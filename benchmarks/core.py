@@ -226,14 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     }
     rows: list[Row] = []
 
-    def run(system: str, server: Any, port: int, model: str, protocol: str, count: int = 0, rate: float = 0.0) -> Row:
+    def run(
+        system: str, server: Any, port: int, model: str, protocol: str, count: int = 0, rate: float = 0.0,
+        stats_port: int = 0,
+    ) -> Row:  # fmt: skip
         samples = None
         if count == 64 or rate:
             load = f"{count}u" if count else f"{rate:.0f}rps"
             samples = args.out / f"samples-{system}-{model}-{protocol}-{load}.json"
         row = measure(
             system, server, port, model, protocol, payloads[model][protocol], count, args.duration, args.warmup,
-            rate, samples,
+            rate, samples, stats_port or (0 if protocol == "grpc" else port),
         )  # fmt: skip
         rows.append(row)
         return row
@@ -244,9 +247,27 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for count in users:
             for protocol in PROTOCOLS:
-                run("batchgate", gateway.process, grpc_port if protocol == "grpc" else port, "mlp", protocol, count)
+                run(
+                    "batchgate",
+                    gateway.process,
+                    grpc_port if protocol == "grpc" else port,
+                    "mlp",
+                    protocol,
+                    count,
+                    0,
+                    port,
+                )
         for protocol in PROTOCOLS:
-            run("batchgate", gateway.process, grpc_port if protocol == "grpc" else port, "digits_mlp", protocol, 1)
+            run(
+                "batchgate",
+                gateway.process,
+                grpc_port if protocol == "grpc" else port,
+                "digits_mlp",
+                protocol,
+                1,
+                0,
+                port,
+            )
         capacity = max(r.items_per_s for r in rows if r.model == "mlp" and r.protocol == "binary")
         rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
         print(f"open loop at {rates} /s, each rate against a fixed queue delay (adaptive: false) ...", flush=True)
@@ -284,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for count in (1, 16, 64):
                 run("batchgate", served.process, served.port, encoder.NAME, "binary", count)
-            run("batchgate", served.process, served.grpc_port or 0, encoder.NAME, "grpc", 64)
+            run("batchgate", served.process, served.grpc_port or 0, encoder.NAME, "grpc", 64, 0, served.port)
         finally:
             served.stop()
 
@@ -309,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                 for count in users:
                     run(peer.name, process, peer_port, "mlp", "json", count)
                     if grpc_port:
-                        run(peer.name, process, grpc_port, "mlp", "grpc", count)
+                        run(peer.name, process, grpc_port, "mlp", "grpc", count, 0, peer_port)
                 peer_notes.append(f"{peer.name} {peer.version}: measured")
             finally:
                 stop(process)

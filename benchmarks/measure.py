@@ -35,6 +35,7 @@ class Row:
     rate: float = 0.0
     samples: str | None = None
     requests: int = 0  # answered 200 in the measured window (errors not included)
+    rows_per_batch: float | None = None  # mean batch the server ran (its v2 statistics), if it reports them
 
 
 def free_port() -> int:
@@ -132,8 +133,14 @@ def measure(
     warmup: float,
     rate: float = 0.0,
     samples: Path | None = None,
+    stats_port: int = 0,
 ) -> Row:
-    """One load run against ``server``: closed loop with ``users``, or open loop at ``rate``/s."""
+    """One load run against ``server``: closed loop with ``users``, or open loop at ``rate``/s.
+
+    With ``stats_port``, the server's v2 statistics (batchgate's and Triton's) there give
+    the mean batch it ran during the run.
+    """
+    counts0 = batch_counts(stats_port, model) if stats_port else None
     pids = proc_tree(server.pid)
     cpu0 = cpu_seconds(pids)
     wall0 = time.perf_counter()
@@ -146,6 +153,10 @@ def measure(
     output = subprocess.run(argv, capture_output=True, check=True, timeout=duration + warmup + 120)
     wall = time.perf_counter() - wall0
     result = json.loads(output.stdout)
+    counts1 = batch_counts(stats_port, model) if counts0 is not None else None
+    rows_per_batch = None
+    if counts0 is not None and counts1 is not None and counts1[1] > counts0[1]:
+        rows_per_batch = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])
     row = Row(
         system=system,
         model=model,
@@ -162,6 +173,7 @@ def measure(
         rate=rate,
         samples=samples.name if samples is not None else None,
         requests=result["requests"],
+        rows_per_batch=rows_per_batch,
     )
     load = f"rate={rate:.0f}/s" if rate else f"users={users:3d}"
     print(
@@ -171,6 +183,16 @@ def measure(
         flush=True,
     )
     return row
+
+
+def batch_counts(port: int, model: str) -> tuple[int, int] | None:
+    """(rows inferred, batches executed) from ``/v2/models/{model}/stats``; None if not served."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=5) as response:
+            stats = json.loads(response.read())["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def _ms(value: float | None) -> str:

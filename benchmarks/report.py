@@ -202,8 +202,8 @@ def markdown(
         "## Through the network",
         "",
         "| system | model | protocol | load | items/s | x raw best | x best peer | p50 ms | p99 ms | p99.9 ms | errors "
-        "| server CPU % | server RSS MB | loadgen CPU % |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows/batch | server CPU % | server RSS MB | loadgen CPU % |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         raw_best = best_raw(raw, r.model)["items_per_s"] if any(x["model"] == r.model for x in raw) else None
@@ -213,7 +213,8 @@ def markdown(
             f"| {r.system} | {r.model} | {r.protocol} | {load} | {r.items_per_s:.0f} | "
             f"{_fmt(r.items_per_s / raw_best if raw_best else None)} | "
             f"{_fmt(r.items_per_s / peer.items_per_s if peer else None)} | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | "
-            f"{_fmt(r.p999_ms)} | {r.errors} | {r.server_cpu_pct:.0f} | {r.server_rss_mb:.0f} | "
+            f"{_fmt(r.p999_ms)} | {r.errors} | {_fmt(r.rows_per_batch, 1)} | {r.server_cpu_pct:.0f} | "
+            f"{r.server_rss_mb:.0f} | "
             f"{r.loadgen_cpu_pct:.0f} |"
         )
     lines += ["", "## Added latency at 1 user (p50 over raw batch-1 ORT)", ""]
