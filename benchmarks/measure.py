@@ -12,8 +12,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass
@@ -95,23 +97,45 @@ def rss_mb(pids: list[int]) -> float:
 
 
 def bodies(width: int, directory: Path, name: str) -> dict[str, tuple[Path, list[str]]]:
+    """One request to the dense models: a row of ``width`` float32 values, all outputs."""
     data = np.random.default_rng(7).uniform(0, 1, (1, width)).astype(np.float32)
-    tensor = {"name": "input", "datatype": "FP32", "shape": [1, width]}
-    json_path = directory / f"{name}.json"
-    json_path.write_bytes(json.dumps({"inputs": [{**tensor, "data": data.reshape(-1).tolist()}]}).encode())
-    header = json.dumps(
-        {
-            "inputs": [{**tensor, "parameters": {"binary_data_size": data.nbytes}}],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    binary_path = directory / f"{name}.bin"
-    binary_path.write_bytes(header + data.tobytes())
-    from tritonclient.grpc import service_pb2
+    return request_bodies(name, {"input": data}, directory)
 
+
+def request_bodies(
+    name: str, inputs: dict[str, npt.NDArray[Any]], directory: Path, output: str | None = None
+) -> dict[str, tuple[Path, list[str]]]:
+    """The same request per protocol: JSON, binary tensors, and a serialized ModelInferRequest.
+
+    Each is a file for the load generator, with the extra arguments it needs; ``output``
+    asks for that output alone (in binary where the protocol allows), else all of them.
+    """
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = [
+        {"name": key, "datatype": np_to_triton_dtype(a.dtype), "shape": list(a.shape)} for key, a in inputs.items()
+    ]
+    document: dict[str, Any] = {"inputs": [{**t, "data": inputs[t["name"]].reshape(-1).tolist()} for t in tensors]}
+    head: dict[str, Any] = {
+        "inputs": [{**t, "parameters": {"binary_data_size": inputs[t["name"]].nbytes}} for t in tensors]
+    }
+    if output is None:
+        head["parameters"] = {"binary_data_output": True}
+    else:
+        document["outputs"] = [{"name": output}]
+        head["outputs"] = [{"name": output, "parameters": {"binary_data": True}}]
+    json_path = directory / f"{name}.json"
+    json_path.write_text(json.dumps(document))
+    header = json.dumps(head).encode()
+    binary_path = directory / f"{name}.bin"
+    binary_path.write_bytes(header + b"".join(array.tobytes() for array in inputs.values()))
     request = service_pb2.ModelInferRequest(model_name=name)
-    request.inputs.add(name="input", datatype="FP32", shape=[1, width])
-    request.raw_input_contents.append(data.tobytes())
+    for tensor in tensors:
+        request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        request.raw_input_contents.append(inputs[tensor["name"]].tobytes())
+    if output is not None:
+        request.outputs.add(name=output)
     grpc_path = directory / f"{name}.pb"
     grpc_path.write_bytes(request.SerializeToString())
     return {
