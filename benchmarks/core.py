@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def run(
         system: str, server: Any, port: int, model: str, protocol: str, count: int = 0, rate: float = 0.0,
-        stats_port: int = 0,
+        *, stats_port: int = 0,
     ) -> Row:  # fmt: skip
+        """One measured row; ``stats_port`` is the server's HTTP port when ``port`` is its gRPC one."""
         samples = None
         if count == 64 or rate:
             load = f"{count}u" if count else f"{rate:.0f}rps"
@@ -254,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                     "mlp",
                     protocol,
                     count,
-                    0,
-                    port,
+                    stats_port=port,
                 )
         for protocol in PROTOCOLS:
             run(
@@ -265,8 +265,7 @@ def main(argv: list[str] | None = None) -> None:
                 "digits_mlp",
                 protocol,
                 1,
-                0,
-                port,
+                stats_port=port,
             )
         capacity = max(r.items_per_s for r in rows if r.model == "mlp" and r.protocol == "binary")
         rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for count in (1, 16, 64):
                 run("batchgate", served.process, served.port, encoder.NAME, "binary", count)
-            run("batchgate", served.process, served.grpc_port or 0, encoder.NAME, "grpc", 64, 0, served.port)
+            run("batchgate", served.process, served.grpc_port or 0, encoder.NAME, "grpc", 64, stats_port=served.port)
         finally:
             served.stop()
 
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                 for count in users:
                     run(peer.name, process, peer_port, "mlp", "json", count)
                     if grpc_port:
-                        run(peer.name, process, grpc_port, "mlp", "grpc", count, 0, peer_port)
+                        run(peer.name, process, grpc_port, "mlp", "grpc", count, stats_port=peer_port)
                 peer_notes.append(f"{peer.name} {peer.version}: measured")
             finally:
                 stop(process)
