@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc.aio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
@@ -25,7 +24,7 @@ from gateway.autoscaler.signals import GatewaySource
 from gateway.clock import Clock, MonotonicClock
 from gateway.config import KubernetesDiscovery, ScalingPolicy, ServerConfig
 from gateway.dataplane import DataPlane
-from gateway.grpc_api.servicer import GRPCFront, build_server
+from gateway.grpc_api.servicer import GRPCFront, GRPCServer, build_server
 from gateway.lifecycle import HEALTH_TICK_S, ModelManager
 from gateway.limits import ClientLimiter
 from gateway.metrics import Metrics
@@ -70,7 +69,7 @@ class Gateway:
             api, self.router, self.metrics, config.http.max_body_bytes, config.limits, self.limiter
         )
         self.app: ASGIApp = AuthMiddleware(front, self.auth) if self.auth is not None else front
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: GRPCServer | None = None
         self.grpc_port: int | None = None
         self.controller: Controller | None = None
         self._tasks: list[asyncio.Task[None]] = []

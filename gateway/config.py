@@ -217,6 +217,10 @@ class GRPCConfig(_Frozen):
     max_message_bytes: int = Field(
         512 * 1024 * 1024, ge=4 * 1024 * 1024, description="Largest gRPC message in either direction."
     )
+    server: Literal["batchgate", "grpcio"] = Field(
+        "batchgate",
+        description="batchgate: the gateway's own HTTP/2 front for unary calls (less CPU per call); grpcio: grpc.aio.",
+    )
 
 
 class TLSConfig(_Frozen):

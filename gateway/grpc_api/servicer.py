@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -19,6 +19,7 @@ from gateway.codec import DecodeLimits, v2grpc
 from gateway.config import GRPCConfig, LimitsConfig, TLSConfig
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError
+from gateway.grpc_api.h2server import H2Server, server_ssl_context, unary_methods
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 
@@ -232,10 +233,29 @@ def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
     )
 
 
+class GRPCServer(Protocol):
+    async def stop(self, grace: float | None) -> None: ...
+
+
 async def build_server(
     front: GRPCFront, config: GRPCConfig, default_host: str, tls: TLSConfig | None = None
-) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server on the running event loop; returns it and its bound port."""
+) -> tuple[GRPCServer, int]:
+    """Start the gRPC listener on the running event loop; returns it and its bound port."""
+    host = config.host or default_host
+    if config.server == "grpcio":
+        return await _grpcio_server(front, config, host, tls)
+    context = None
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        context = server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    server = H2Server(unary_methods(service, front), config.max_message_bytes, front.limits.max_grpc_rpcs, context)
+    port = await server.start(host, config.port)
+    return server, port
+
+
+async def _grpcio_server(
+    front: GRPCFront, config: GRPCConfig, host: str, tls: TLSConfig | None
+) -> tuple[GRPCServer, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -244,7 +264,6 @@ async def build_server(
         maximum_concurrent_rpcs=front.limits.max_grpc_rpcs,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(front, server)
-    host = config.host or default_host
     credentials = server_credentials(tls) if tls is not None else None
     if credentials is not None:
         port = server.add_secure_port(f"{host}:{config.port}", credentials)

@@ -1,0 +1,335 @@
+"""The gateway's own HTTP/2 gRPC front (gateway/grpc_api/h2server.py).
+
+Two halves. tritonclient against the real gateway covers what its C-core client does:
+compressed requests, messages larger than HTTP/2's default 64 KiB windows, the streaming
+method it refuses, and ``grpc.server: grpcio`` still serving. Raw HTTP/2 frames over a
+loopback socket against the server with a small test servicer cover what tritonclient
+never does: a peer window too small for the answer, a reset stream, the call limit,
+non-gRPC requests, a bad preface, oversized messages, split header blocks and padding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string, request_block
+from gateway.grpc_api.h2server import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    PADDED,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    CallContext,
+    H2Server,
+    unary_methods,
+)
+from tests.helpers import GatewayProcess, identity_model, write_model
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+# -- tritonclient against the real gateway -------------------------------------------------
+WIDE = 16_384  # FP32 per row: 64 KiB, HTTP/2's whole default window, in one row
+
+
+@pytest.fixture(scope="module")
+def wide_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("wide") / "models"
+    write_model(root, "wide", identity_model(["FP32"], WIDE), {"batching": {"max_batch_size": 8}})
+    return root
+
+
+def _gateway(repository: Path, log_path: Path, server: str) -> GatewayProcess:
+    process = GatewayProcess(repository, log_path, {"grpc": {"server": server}}, replicas=1)
+    process.wait_ready()
+    return process
+
+
+@pytest.fixture(scope="module", params=["batchgate", "grpcio"])
+def wide_gateway(
+    request: pytest.FixtureRequest, wide_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    process = _gateway(wide_repository, tmp_path_factory.mktemp(request.param) / "gateway.log", request.param)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_large_and_compressed_requests(wide_gateway: GatewayProcess, compression: str | None) -> None:
+    """8 rows of 64 KiB: 512 KiB each way, eight times HTTP/2's default window, optionally compressed.
+
+    Runs on both ``grpc.server`` choices: grpcio's answers are the reference.
+    """
+    client = grpcclient.InferenceServerClient(wide_gateway.grpc_url)
+    batch = np.random.default_rng(7).standard_normal((8, WIDE)).astype(np.float32)
+    tensor = grpcclient.InferInput("in_FP32", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    result = client.infer("wide", [tensor], compression_algorithm=compression)
+    np.testing.assert_array_equal(result.as_numpy("out_FP32"), batch)
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_streaming_infer_is_refused(gateway: GatewayProcess) -> None:
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    errors: list[Any] = []
+    done = threading.Event()
+
+    def callback(result: Any, error: Any) -> None:
+        errors.append(error)
+        done.set()
+
+    client.start_stream(callback=callback)
+    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    client.async_stream_infer("digits_mlp", [tensor])
+    assert done.wait(10)
+    client.stop_stream()
+    assert isinstance(errors[0], InferenceServerException)
+    assert errors[0].status() == "StatusCode.UNIMPLEMENTED" and "ModelStreamInfer" in errors[0].message()
+
+
+# -- raw frames against the server ---------------------------------------------------------
+class Servicer:
+    """ModelInfer echoes the request's raw contents back ``repeat`` times; "hold" waits until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.metadata: dict[str, str] = {}
+
+    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
+        self.metadata = dict(context.invocation_metadata())
+        if request.model_name == "hold":
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if request.model_name == "fail":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such model 50%")
+        response = service_pb2.ModelInferResponse(model_name=request.model_name)
+        response.raw_output_contents.append(b"".join(request.raw_input_contents) * int(request.id or 1))
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        async def unimplemented(request: Any, context: CallContext) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, name)
+
+        return unimplemented
+
+
+class Loop:
+    """The server on its own event loop in a thread, so the test can use blocking sockets."""
+
+    def __init__(self, max_message_bytes: int = 1 << 20, max_calls: int = 16) -> None:
+        self.servicer = Servicer()
+        self.peers: list[Peer] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        methods = unary_methods(SERVICE, self.servicer)
+        self.server = H2Server(methods, max_message_bytes, max_calls, None)
+        self.port = self.run(self.server.start("127.0.0.1", 0))
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def peer(self, window: int = 1 << 20, preface: bytes = PREFACE) -> Peer:
+        peer = Peer(self.port, window, preface)
+        self.peers.append(peer)
+        return peer
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.sock.close()
+        self.run(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Loop]:
+    running = Loop()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+
+
+class Peer:
+    """A blocking HTTP/2 client that writes frames as told and reads frames one at a time."""
+
+    def __init__(self, port: int, window: int = 1 << 20, preface: bytes = PREFACE) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        settings = struct.pack(">HI", INITIAL_WINDOW_SIZE, window)
+        self.sock.sendall(preface + frame(SETTINGS, 0, 0, settings))
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> tuple[int, int, int, bytes] | None:
+        """The next frame other than SETTINGS and WINDOW_UPDATE on stream 0; None when closed."""
+        while True:
+            while len(self.buffer) < 9 or len(self.buffer) < 9 + int.from_bytes(self.buffer[:3], "big"):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+            length = int.from_bytes(self.buffer[:3], "big")
+            kind, flags = self.buffer[3], self.buffer[4]
+            stream = int.from_bytes(self.buffer[5:9], "big")
+            payload, self.buffer = self.buffer[9 : 9 + length], self.buffer[9 + length :]
+            if kind == SETTINGS or (kind == WINDOW_UPDATE and stream == 0):
+                continue
+            return kind, flags, stream, payload
+
+    def answer(self, stream: int) -> tuple[int | None, bytes]:
+        """Read to the end of ``stream``: its grpc-status (None if reset) and the DATA bytes."""
+        data = b""
+        while True:
+            got = self.read()
+            assert got is not None, "connection closed before the answer ended"
+            kind, flags, on, payload = got
+            if on != stream:
+                continue
+            if kind == DATA:
+                data += payload
+            elif kind == RST_STREAM:
+                return None, data
+            elif kind == HEADERS and flags & END_STREAM:
+                return grpc_status(payload), data
+
+
+def call(model: str, contents: bytes, repeat: int = 1) -> bytes:
+    message = service_pb2.ModelInferRequest(model_name=model, id=str(repeat))
+    message.raw_input_contents.append(contents)
+    body = message.SerializeToString()
+    return struct.pack(">BI", 0, len(body)) + body
+
+
+def headers(stream: int, path: str = INFER, end: bool = False) -> bytes:
+    return frame(HEADERS, END_HEADERS | (END_STREAM if end else 0), stream, request_block("127.0.0.1", path))
+
+
+def test_answer_waits_for_the_peers_window(server: Loop) -> None:
+    peer = server.peer(window=1000)
+    peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"x" * 3000)))
+    first = b""
+    while len(first) < 1000:  # the first 1,000 bytes are all the window allows
+        got = peer.read()
+        assert got is not None and got[0] in (HEADERS, DATA) and not got[1] & END_STREAM
+        if got[0] == DATA:
+            first += got[3]
+    assert len(first) == 1000
+    peer.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20)))
+    status, rest = peer.answer(1)
+    assert status == 0
+    reply = service_pb2.ModelInferResponse.FromString((first + rest)[5:])
+    assert reply.raw_output_contents == [b"x" * 3000]
+
+
+def test_reset_stream_cancels_the_call(server: Loop) -> None:
+    peer = server.peer()
+    peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("hold", b"")))
+    assert server.servicer.started.wait(10)
+    peer.send(frame(RST_STREAM, 0, 1, struct.pack(">I", 8)))
+    assert server.servicer.cancelled.wait(10)
+    peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"ok")))  # the connection still serves
+    status, data = peer.answer(3)
+    assert status == 0 and service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"ok"]
+
+
+def test_call_limit_and_errors() -> None:
+    running = Loop(max_message_bytes=4096, max_calls=1)
+    try:
+        peer = running.peer()
+        peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("hold", b"")))
+        assert running.servicer.started.wait(10)
+        peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"")))
+        assert peer.answer(3)[0] == 8  # RESOURCE_EXHAUSTED: one call at a time
+        running.loop.call_soon_threadsafe(running.servicer.release.set)
+        assert peer.answer(1)[0] == 0
+        peer.send(headers(5) + frame(DATA, END_STREAM, 5, call("echo", b"y" * 5000)))
+        assert peer.answer(5)[0] == 8  # over max_message_bytes
+        peer.send(headers(7, path="/inference.GRPCInferenceService/Nope") + frame(DATA, END_STREAM, 7, call("x", b"")))
+        assert peer.answer(7)[0] == 12
+        peer.send(headers(9) + frame(DATA, END_STREAM, 9, call("fail", b"")))
+        block = _until_end(peer, 9)[3]
+        assert grpc_status(block) == 5 and b"no such model 50%25" in block
+        peer.send(headers(11) + frame(DATA, END_STREAM, 11, b"\x00\x00\x00\x00\x09abc"))  # length prefix lies
+        assert peer.answer(11)[0] == 13
+    finally:
+        running.close()
+
+
+def _until_end(peer: Peer, stream: int) -> tuple[int, int, int, bytes]:
+    while True:
+        got = peer.read()
+        assert got is not None
+        if got[2] == stream and got[0] == HEADERS and got[1] & END_STREAM:
+            return got
+
+
+def test_not_grpc_gets_415(server: Loop) -> None:
+    peer = server.peer()
+    block = b"\x82\x86" + hpack_int(4, 4, 0) + hpack_string(INFER.encode())  # GET, no content-type
+    peer.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    payload = _until_end(peer, 1)[3]
+    assert payload[0] == 0x08 and payload[2:5] == b"415"
+
+
+def test_bad_preface_gets_goaway(server: Loop) -> None:
+    peer = server.peer(preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = peer.read()
+    assert got is not None and got[0] == GOAWAY
+    assert peer.read() is None
+
+
+def test_split_header_block_padding_and_metadata(server: Loop) -> None:
+    peer = server.peer()
+    block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-client-id") + hpack_string(b"abc")
+    message = call("echo", b"zz")
+    peer.send(
+        frame(HEADERS, 0, 1, block[:5])
+        + frame(CONTINUATION, 0, 1, block[5:9])
+        + frame(CONTINUATION, END_HEADERS, 1, block[9:])
+        + frame(DATA, PADDED, 1, bytes((4,)) + message[:3] + b"\0" * 4)  # 4 bytes of padding
+        + frame(DATA, END_STREAM, 1, message[3:])
+    )
+    status, data = peer.answer(1)
+    assert status == 0
+    assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"zz"]
+    assert server.servicer.metadata.get("x-client-id") == "abc"
