@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -35,7 +37,12 @@ class Metrics:
     """Every metric the gateway exports, registered in its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # The process's own CPU, memory and garbage collections, as any Python exporter has.
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
         r = self.registry
         model = ["model", "version"]
         self.requests = Counter(

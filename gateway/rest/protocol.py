@@ -115,7 +115,13 @@ class DirectCycle:
         self.chunks: list[bytes] = []
         self.response_complete = False
         self.disconnected = False
-        self.message_event = self
+
+    @property
+    def message_event(self) -> DirectCycle:
+        """uvicorn calls ``cycle.message_event.set()``; a property, not ``self.message_event = self``:
+        that reference cycle kept every finished request (~14 objects) alive until a full
+        garbage collection, which then stalled the event loop 10-16 ms every 0.6 s at 6,200/s."""
+        return self
 
     def set(self) -> None:
         """uvicorn: the connection was lost (``disconnected``) or the protocol is done with it."""
