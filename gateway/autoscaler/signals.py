@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import numpy as np
+
 from gateway.autoscaler.policy import Signals
 from gateway.clock import Clock
 from gateway.config import ScalingPolicy
@@ -39,7 +41,13 @@ class LoadTracker:
         self._area = 0.0
         self._at = clock.now()
         self._checkpoints: deque[tuple[float, float]] = deque([(self._at, 0.0)])
-        self._latencies: deque[tuple[float, float]] = deque(maxlen=max_latencies)
+        # A ring of (finished at, latency) in two float arrays: a deque of tuples here put
+        # 100,000 long-lived objects in front of the garbage collector, and every request
+        # promoted one more, so full collections (10-40 ms with the loop stopped) came
+        # every few seconds at 7,000 requests/s.
+        self._finished_at = np.full(max_latencies, -math.inf)
+        self._latency = np.zeros(max_latencies)
+        self._next = 0
         self._clients: dict[str, float] = {}
 
     def _advance(self) -> float:
@@ -61,7 +69,10 @@ class LoadTracker:
     def finished(self, latency_s: float) -> None:
         now = self._advance()
         self.inflight -= 1
-        self._latencies.append((now, latency_s))
+        at = self._next
+        self._finished_at[at] = now
+        self._latency[at] = latency_s
+        self._next = at + 1 if at + 1 < len(self._latency) else 0
 
     def average_inflight(self, window_s: float) -> float:
         """Time-averaged in-flight requests over the last ``window_s`` (or since the start)."""
@@ -77,7 +88,8 @@ class LoadTracker:
 
     def latencies(self, window_s: float) -> list[float]:
         cutoff = self.clock.now() - window_s
-        return [latency for at, latency in self._latencies if at >= cutoff]
+        latencies: list[float] = self._latency[self._finished_at >= cutoff].tolist()
+        return latencies
 
     def clients(self, window_s: float) -> int:
         cutoff = self.clock.now() - window_s
