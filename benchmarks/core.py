@@ -11,7 +11,7 @@ In this order:
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
    ``--peers`` when they are installed;
-4. ``--rounds`` interleaved repeats of batchgate (JSON, binary) and the no-batching server
+4. ``--rounds`` interleaved repeats of batchgate (JSON, binary, gRPC) and the no-batching server
    at 64 users: target 1 compares their medians, since the machine drifts between step 2
    and step 3.
 It prints the table and writes ``benchmarks/results/core.md``, ``core.json``, ``core.png``
@@ -163,8 +163,8 @@ def _baseline(repository: Path, log: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 def headline_rounds(repository: Path, work: Path, rounds: int, measure_one: Any) -> list[Row]:
-    """Target 1's comparison, ``rounds`` times, interleaved: batchgate JSON and binary and the
-    no-batching server at 64 users, one after another with both servers up.
+    """Target 1's comparison, ``rounds`` times, interleaved: batchgate over JSON, binary and
+    gRPC and the no-batching server at 64 users, one after another with both servers up.
 
     This machine's speed drifts by 10-25% over minutes (the no-batching server measured 3,618
     and 2,762 items/s in two runs an hour apart), so a ratio between two measurements taken
@@ -180,6 +180,7 @@ def headline_rounds(repository: Path, work: Path, rounds: int, measure_one: Any)
                 print(f"round {number}/{rounds}", flush=True)
                 rows.append(measure_one("batchgate", gateway.process, gateway.port, "json"))
                 rows.append(measure_one("batchgate", gateway.process, gateway.port, "binary"))
+                rows.append(measure_one("batchgate", gateway.process, gateway.grpc_port or 0, "grpc"))
                 rows.append(measure_one("no-batching", baseline, port, "json"))
             return rows
         finally:

@@ -45,18 +45,22 @@ def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
 
 
 def rounds_table(rounds: list[Row]) -> list[str]:
-    """Each interleaved round of the 64-user comparison, and the ratio within it."""
-    columns = [("batchgate", "json"), ("batchgate", "binary"), ("no-batching", "json")]
+    """Each interleaved round of the 64-user comparison, and the ratios within it."""
+    ours = [("batchgate", p) for p in ("json", "binary", "grpc") if any(r.protocol == p for r in rounds)]
+    columns = [*ours, ("no-batching", "json")]
     series = {c: [r for r in rounds if (r.system, r.protocol) == c] for c in columns}
     count = min(len(v) for v in series.values())
+    names = [f"batchgate {p}" for _, p in ours]
     lines = [
-        "| round | batchgate json | batchgate binary | no-batching json | json / no-batching | binary / no-batching |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| round | " + " | ".join([*names, "no-batching json"]) + " | "
+        + " | ".join(f"{p} / no-batching" for _, p in ours) + " |",
+        "|---:|" + "---:|" * (len(columns) + len(ours)),
+    ]  # fmt: skip
     for index in range(count):
-        ours_json, ours_binary, base = (series[c][index] for c in columns)
-        cells = [f"{r.items_per_s:.0f} (p99 {_fmt(r.p99_ms, 1)})" for r in (ours_json, ours_binary, base)]
-        ratios = [f"{r.items_per_s / base.items_per_s:.2f}x" for r in (ours_json, ours_binary)]
+        measured = [series[c][index] for c in columns]
+        base = measured[-1]
+        cells = [f"{r.items_per_s:.0f} (p99 {_fmt(r.p99_ms, 1)})" for r in measured]
+        ratios = [f"{r.items_per_s / base.items_per_s:.2f}x" for r in measured[:-1]]
         lines.append(f"| {index + 1} | " + " | ".join(cells + ratios) + " |")
     return lines
 
@@ -69,6 +73,7 @@ def targets(
     out = []
     rounds = rounds or []
     baseline = median_row(rounds, "no-batching", "json")
+    baselines = [r for r in rounds if r.system == "no-batching"]
     # Every peer measured once at 64 users; with rounds, the no-batching server's median
     # from them replaces its single run (measured minutes away from batchgate's).
     candidates = [
@@ -81,7 +86,7 @@ def targets(
     peer = max(candidates, key=lambda r: r.items_per_s, default=None)
     for protocol in ("json", "binary", "grpc"):
         ours = median_row(rounds, "batchgate", protocol)
-        how = f", median of {len(rounds) // 3} interleaved rounds" if ours is not None else ""
+        how = f", median of {len(baselines)} interleaved rounds" if ours is not None else ""
         if ours is None:
             ours = next(
                 (
