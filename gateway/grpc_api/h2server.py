@@ -307,7 +307,12 @@ class H2Connection(asyncio.Protocol):
             stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & MAX_WINDOW
             payload = bytes(buffer[at + 9 : at + 9 + length])
             at += 9 + length
-            self._frame(kind, flags, stream, payload)
+            try:
+                self._frame(kind, flags, stream, payload)
+            except Exception:  # a bug here must cost this connection, never the listener
+                log.exception("gRPC connection from %s: frame %d on stream %d", self.peer, kind, stream)
+                self._fail(INTERNAL_ERROR, "internal error")
+                return
         del buffer[:at]
         if self.credit and not self.closed:
             self.out.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.credit)))
@@ -372,7 +377,7 @@ class H2Connection(asyncio.Protocol):
         self.headers_for = None
         try:
             fields = cast(list[tuple[str, str]], self.decoder.decode(bytes(self.header_block)))
-        except hpack.HPACKError as exc:
+        except (hpack.HPACKError, UnicodeDecodeError) as exc:
             # A field list over our limit still leaves the decoder in step; anything else does not.
             if isinstance(exc, hpack.OversizedHeaderListError):
                 self._begin_error(stream, 8, "request metadata is larger than 16 KiB")

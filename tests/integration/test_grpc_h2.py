@@ -333,3 +333,14 @@ def test_split_header_block_padding_and_metadata(server: Loop) -> None:
     assert status == 0
     assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"zz"]
     assert server.servicer.metadata.get("x-client-id") == "abc"
+
+
+def test_undecodable_header_closes_only_that_connection(server: Loop) -> None:
+    peer = server.peer()
+    block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-bad") + hpack_string(b"\xff\xfe")
+    peer.send(frame(HEADERS, END_HEADERS, 1, block))
+    got = peer.read()
+    assert got is not None and got[0] == GOAWAY
+    other = server.peer()  # the listener still serves
+    other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
+    assert other.answer(1)[0] == 0
