@@ -100,6 +100,17 @@ def trigger_for(error: BatchgateError) -> str | None:
     return None
 
 
+class _NoGauge:
+    def inc(self) -> None:
+        pass
+
+    def dec(self) -> None:
+        pass
+
+
+_NO_GAUGE = _NoGauge()
+
+
 class Router:
     """Finds the served model for a request and runs it through batchers and fallbacks."""
 
@@ -107,6 +118,8 @@ class Router:
         self.clock = clock
         self.metrics = metrics
         self.models: dict[str, dict[str, ServedModel]] = {}
+        self._record_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._inflight_children: dict[str, Any] = {}
         self.canaries: dict[str, tuple[str, float]] = {}  # model -> (version, share of unversioned requests)
         self.promoted: dict[str, str] = {}
         for served in models:
@@ -187,9 +200,24 @@ class Router:
         if not versions or (version and version not in versions):
             return
         label = version or max(versions, key=int)
-        self.metrics.requests.labels(model, label, str(code)).inc()
-        if code == 200:
-            self.metrics.request_duration.labels(model, label).observe(seconds)
+        key = (model, label, code)
+        children = self._record_children.get(key)
+        if children is None:  # a labels() lookup costs a tuple, a lock and a dict: once per key
+            duration = self.metrics.request_duration.labels(model, label) if code == 200 else None
+            children = self._record_children[key] = (self.metrics.requests.labels(model, label, str(code)), duration)
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
+
+    def inflight_gauge(self, model: str) -> Any:
+        """The in-flight gauge of a served model; names nobody serves share an unlabelled no-op,
+        so a client cannot grow the gauge's label set by asking for made-up models."""
+        gauge = self._inflight_children.get(model)
+        if gauge is None:
+            if model not in self.models:
+                return _NO_GAUGE
+            gauge = self._inflight_children[model] = self.metrics.inflight.labels(model)
+        return gauge
 
     def queue_depth(self, pool: str) -> int:
         """Requests queued for every model version the pool serves."""

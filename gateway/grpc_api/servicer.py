@@ -178,7 +178,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         started = time.perf_counter()
         model, version = request.model_name, request.model_version
         code = 200
-        gauge = self.metrics.inflight.labels(model)
+        gauge = self.router.inflight_gauge(model)
         gauge.inc()
         release = None
         try:

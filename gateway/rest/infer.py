@@ -138,7 +138,7 @@ class InferCall:
         self.release: Callable[[], None] | None = None
         self.ticket: Ticket | None = None
         self.request: InferRequest | None = None
-        self.gauge = front.metrics.inflight.labels(model)
+        self.gauge = front.router.inflight_gauge(model)
         self.gauge.inc()
 
     def limit(self) -> None:

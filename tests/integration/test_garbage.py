@@ -1,4 +1,5 @@
-"""A finished request is freed by reference counting, not left for the garbage collector.
+"""A finished request is freed by reference counting, not left for the garbage collector;
+and a request leaves nothing behind that grows with what clients send.
 
 A reference cycle per request (the direct HTTP path once kept ``cycle.message_event =
 cycle``) kept ~14 objects per request alive until a full collection, and at 6,200
@@ -14,7 +15,9 @@ import http.client
 import json
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from tests.helpers import GatewayProcess
 
@@ -61,3 +64,23 @@ def test_grpc_calls_leave_no_cyclic_garbage(gateway: GatewayProcess) -> None:
         client.infer("digits_mlp", [tensor])
     collected = _collected(gateway) - before
     assert collected < REQUESTS / 2, f"{collected:.0f} objects collected over {REQUESTS} calls"
+
+
+def test_made_up_model_names_add_no_metric_labels(gateway: GatewayProcess) -> None:
+    """Unknown models are answered 404 without growing any label set a client controls."""
+    names = [f"nope-{index}" for index in range(5)]
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    for name in names:
+        connection.request("POST", f"/v2/models/{name}/infer", _json_body())
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 404
+    connection.close()
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+    for name in names:
+        with pytest.raises(InferenceServerException):
+            client.infer(name, [tensor])
+    status, body = gateway.get("/metrics")
+    assert status == 200 and b"nope-" not in body
