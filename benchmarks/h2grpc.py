@@ -19,33 +19,35 @@ import collections
 import struct
 from typing import cast
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65_535
-DEFAULT_FRAME = 16_384
+from gateway.grpc_api.h2server import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_FRAME,
+    DEFAULT_WINDOW,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADER_TABLE_SIZE,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    hpack_int,
+    next_frame,
+)
+
 STATUS_NAME = b"grpc-status"
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
-
-
-def hpack_int(value: int, prefix: int, pattern: int) -> bytes:
-    """RFC 7541 §5.1 integer with an N-bit prefix; ``pattern`` sets the representation's flag bits."""
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes((pattern | value,))
-    out = bytearray((pattern | top,))
-    value -= top
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def hpack_string(value: bytes) -> bytes:
@@ -210,15 +212,8 @@ class Connection(asyncio.Protocol):
         buffer = self.buffer
         buffer += data
         at = 0
-        end = len(buffer)
-        while end - at >= 9:
-            length = int.from_bytes(buffer[at : at + 3], "big")
-            if end - at < 9 + length:
-                break
-            kind, flags = buffer[at + 3], buffer[at + 4]
-            stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & MAX_WINDOW
-            payload = bytes(buffer[at + 9 : at + 9 + length])
-            at += 9 + length
+        while (found := next_frame(buffer, at, 2**24)) is not None:
+            kind, flags, stream, payload, at = found
             self._frame(kind, flags, stream, payload)
         del buffer[:at]
 

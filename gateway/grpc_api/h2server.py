@@ -49,7 +49,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY_FRAME, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
-ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST = range(2, 7)
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = range(1, 6)
+MAX_HEADER_LIST = 6
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 6, 7, 8, 9, 11
 MAX_WINDOW = 2**31 - 1
@@ -68,12 +69,27 @@ def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
 
 
-def _hpack_int(value: int, prefix: int) -> bytes:
-    """RFC 7541 §5.1 integer with an N-bit prefix (the representation bits are 0)."""
+def next_frame(buffer: bytearray, at: int, limit: int) -> tuple[int, int, int, bytes, int] | None:
+    """The frame starting at ``at``: kind, flags, stream, payload and where the next starts;
+    None until all of it has arrived. A frame longer than ``limit`` raises ValueError."""
+    if len(buffer) - at < 9:
+        return None
+    length = int.from_bytes(buffer[at : at + 3], "big")
+    if length > limit:
+        raise ValueError(f"frame of {length} bytes")
+    end = at + 9 + length
+    if len(buffer) < end:
+        return None
+    stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & MAX_WINDOW
+    return buffer[at + 3], buffer[at + 4], stream, bytes(buffer[at + 9 : end]), end
+
+
+def hpack_int(value: int, prefix: int, pattern: int = 0) -> bytes:
+    """RFC 7541 §5.1 integer with an N-bit prefix; ``pattern`` sets the representation's flag bits."""
     top = (1 << prefix) - 1
     if value < top:
-        return bytes((value,))
-    out = bytearray((top,))
+        return bytes((pattern | value,))
+    out = bytearray((pattern | top,))
     value -= top
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -84,11 +100,11 @@ def _hpack_int(value: int, prefix: int) -> bytes:
 
 def _literal(name: bytes, value: bytes) -> bytes:
     """A field never added to any table: the peer keeps no state for our header blocks."""
-    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+    return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
 
 
 # :status 200 (static entry 8), then content-type (static name 31) with its value.
-RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + _hpack_int(16, 7) + b"application/grpc"
+RESPONSE_HEADERS = b"\x88" + hpack_int(31, 4) + hpack_int(16, 7) + b"application/grpc"
 OK_TRAILERS = _literal(b"grpc-status", b"0")
 
 
@@ -295,18 +311,15 @@ class H2Connection(asyncio.Protocol):
                 return
             self.preface = True
             at = len(PREFACE)
-        end = len(buffer)
-        while end - at >= 9 and not self.closed:
-            length = int.from_bytes(buffer[at : at + 3], "big")
-            if length > OUR_FRAME:
-                self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+        while not self.closed:
+            try:
+                found = next_frame(buffer, at, OUR_FRAME)
+            except ValueError as exc:
+                self._fail(FRAME_SIZE_ERROR, str(exc))
                 return
-            if end - at < 9 + length:
+            if found is None:
                 break
-            kind, flags = buffer[at + 3], buffer[at + 4]
-            stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & MAX_WINDOW
-            payload = bytes(buffer[at + 9 : at + 9 + length])
-            at += 9 + length
+            kind, flags, stream, payload, at = found
             try:
                 self._frame(kind, flags, stream, payload)
             except Exception:  # a bug here must cost this connection, never the listener
@@ -419,7 +432,7 @@ class H2Connection(asyncio.Protocol):
         self.streams[stream_id] = stream
         if method_name != "POST" or not content_type.startswith("application/grpc"):
             # Not a gRPC call at all: plain HTTP status, as the gRPC spec asks.
-            status = _hpack_int(8, 4) + _hpack_int(3, 7) + b"415"  # :status (static name 8) 415
+            status = hpack_int(8, 4) + hpack_int(3, 7) + b"415"  # :status (static name 8) 415
             self._send_block(stream, status, end=True)
             return
         method = self.server.methods.get(path)

@@ -41,6 +41,7 @@ from gateway.grpc_api.h2server import (
     WINDOW_UPDATE,
     CallContext,
     H2Server,
+    frame,
     unary_methods,
 )
 from tests.helpers import GatewayProcess, identity_model, write_model
@@ -182,10 +183,6 @@ def server() -> Iterator[Loop]:
         yield running
     finally:
         running.close()
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
 
 
 class Peer:
