@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,18 @@ from tritonclient.utils import InferenceServerException
 from tests.helpers import GatewayProcess
 
 REQUESTS = 300
+
+
+@pytest.fixture(scope="module")
+def gateway(serving_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway of its own: the shared one may still be finishing what earlier tests left
+    (the fuzz test's half-sent requests time out later, and their errors are garbage)."""
+    process = GatewayProcess(serving_repository, tmp_path_factory.mktemp("garbage") / "gateway.log", replicas=1)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
 
 
 def _collected(gateway: GatewayProcess) -> float:
