@@ -6,7 +6,8 @@ In this order:
 2. batchgate (2 local workers): closed loop at each ``--users`` count over HTTP JSON,
    HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%,
    30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
-   batcher waits the full queue delay (``adaptive: false``); then ``mlp_xl`` at 64 users,
+   batcher waits the full queue delay (``adaptive: false``), the two alternating
+   ``--open-rounds`` times (target 4 compares the runs with the median p99); then ``mlp_xl`` at 64 users,
    right after its own raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-seconds", type=float, default=0.5, help="seconds per raw batch size")
     parser.add_argument("--users", default="1,16,64,256", help="closed-loop user counts")
     parser.add_argument("--open-load", default="0.7,0.3,0.1", help="open-loop rates as shares of the measured capacity")
+    parser.add_argument(
+        "--open-rounds", type=int, default=3, help="alternating runs of the two batchers at each open-loop rate"
+    )
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder (the bench extra)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
@@ -273,9 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"open loop at {rates} /s, each rate against a fixed queue delay (adaptive: false) ...", flush=True)
         fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
         try:
-            for rate in rates:  # the two batchers back to back at each rate: the machine drifts
-                run("batchgate", gateway.process, port, "mlp", "binary", rate=rate)
-                run("fixed-delay", fixed.process, fixed.port, "mlp", "binary", rate=rate)
+            for rate in rates:  # the two batchers back to back at each rate, alternating: the machine drifts
+                for _ in range(max(args.open_rounds, 1)):
+                    run("batchgate", gateway.process, port, "mlp", "binary", rate=rate)
+                    run("fixed-delay", fixed.process, fixed.port, "mlp", "binary", rate=rate)
         finally:
             fixed.stop()
     finally:
