@@ -35,14 +35,13 @@ from gateway.grpc_api.h2server import (
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
     MAX_WINDOW,
-    PADDED,
     PING,
     PREFACE,
-    PRIORITY,
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
     frame,
+    header_fragment,
     hpack_int,
     next_frame,
 )
@@ -228,7 +227,7 @@ class Connection(asyncio.Protocol):
                 self._finish(stream, False)  # a message without trailers is not a gRPC answer
         elif kind in (HEADERS, CONTINUATION):
             if kind == HEADERS:
-                payload = self._strip(flags, payload)
+                payload = header_fragment(flags, payload) or b""  # a malformed one reads as no grpc-status
                 self.header_parts[stream] = (bool(flags & END_STREAM), bytearray())
             entry = self.header_parts.get(stream)
             if entry is None:
@@ -252,14 +251,6 @@ class Connection(asyncio.Protocol):
             self.fail(ConnectionError("the server sent GOAWAY"))
             assert self.transport is not None
             self.transport.close()
-
-    @staticmethod
-    def _strip(flags: int, payload: bytes) -> bytes:
-        if flags & PADDED:
-            payload = payload[1 : len(payload) - payload[0]]
-        if flags & PRIORITY:
-            payload = payload[5:]
-        return payload
 
     def _settings(self, payload: bytes) -> None:
         for at in range(0, len(payload) - 5, 6):

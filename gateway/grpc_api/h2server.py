@@ -84,6 +84,23 @@ def next_frame(buffer: bytearray, at: int, limit: int) -> tuple[int, int, int, b
     return buffer[at + 3], buffer[at + 4], stream, bytes(buffer[at + 9 : end]), end
 
 
+def unpad(payload: bytes) -> bytes | None:
+    """A PADDED frame's payload without its pad length and padding; None when they do not fit."""
+    if not payload or payload[0] >= len(payload):
+        return None
+    return payload[1 : len(payload) - payload[0]]
+
+
+def header_fragment(flags: int, payload: bytes) -> bytes | None:
+    """A HEADERS frame's block fragment: padding and priority fields removed; None if malformed."""
+    if flags & PADDED:
+        stripped = unpad(payload)
+        if stripped is None:
+            return None
+        payload = stripped
+    return payload[5:] if flags & PRIORITY else payload
+
+
 def hpack_int(value: int, prefix: int, pattern: int = 0) -> bytes:
     """RFC 7541 §5.1 integer with an N-bit prefix; ``pattern`` sets the representation's flag bits."""
     top = (1 << prefix) - 1
@@ -182,8 +199,7 @@ class _Stream:
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     remote_closed: bool = False
-    pending: bytes = b""  # response DATA not yet allowed by the flow-control windows
-    trailers: bytes = b""  # sent once ``pending`` is
+    pending: bytes = b""  # response DATA not yet allowed by the flow-control windows; then OK trailers
 
 
 class H2Server:
@@ -365,19 +381,16 @@ class H2Connection(asyncio.Protocol):
         # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5)
 
     def _headers(self, flags: int, stream: int, payload: bytes) -> None:
-        if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
-                self._fail(PROTOCOL_ERROR, "bad padding")
-                return
-            payload = payload[1 : len(payload) - payload[0]]
-        if flags & PRIORITY:
-            payload = payload[5:]
+        fragment = header_fragment(flags, payload)
+        if fragment is None:
+            self._fail(PROTOCOL_ERROR, "bad padding")
+            return
         if stream == 0 or stream % 2 == 0:
             self._fail(PROTOCOL_ERROR, f"HEADERS on stream {stream}")
             return
         self.header_flags = flags
         self.header_block = bytearray()
-        self._block_part(stream, flags, payload)
+        self._block_part(stream, flags, fragment)
 
     def _block_part(self, stream: int, flags: int, payload: bytes) -> None:
         self.header_block += payload
@@ -467,10 +480,11 @@ class H2Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self.credit += len(payload)
         if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
+            stripped = unpad(payload)
+            if stripped is None:
                 self._fail(PROTOCOL_ERROR, "bad padding")
                 return
-            payload = payload[1 : len(payload) - payload[0]]
+            payload = stripped
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
             if stream_id > self.last_stream:
@@ -584,7 +598,6 @@ class H2Connection(asyncio.Protocol):
             return
         self.out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
         stream.pending = data
-        stream.trailers = OK_TRAILERS
         self._send_data(stream)
 
     def _send_data(self, stream: _Stream) -> None:
@@ -600,7 +613,7 @@ class H2Connection(asyncio.Protocol):
             stream.send_window -= size
         stream.pending = data
         if not data:
-            self._send_block(stream, stream.trailers, end=True)
+            self._send_block(stream, OK_TRAILERS, end=True)
 
     def _send_blocked(self) -> None:
         for stream in list(self.streams.values()):
