@@ -221,6 +221,15 @@ class GRPCConfig(_Frozen):
         "batchgate",
         description="batchgate: the gateway's own HTTP/2 front for unary calls (less CPU per call); grpcio: grpc.aio.",
     )
+    request_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="batchgate server: the preface and each request message must arrive within this; "
+        "a stalled call gets DEADLINE_EXCEEDED; 0 = no limit.",
+    )
+    idle_timeout_s: float = Field(
+        300.0, ge=0, description="batchgate server: GOAWAY to a connection without calls this long; 0 = never."
+    )
 
 
 class TLSConfig(_Frozen):

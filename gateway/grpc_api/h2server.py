@@ -23,6 +23,14 @@ What it does and does not do:
   ``time_remaining()``.
 - Streaming methods are answered UNIMPLEMENTED (the gateway implements none), as are
   unknown methods. Server push, priorities and trailers sent by the client are ignored.
+- What a client can make it hold is bounded: a connection stops being read while more
+  than ``write_buffer_bytes`` of its answers wait to be sent (a client that floods PINGs
+  or never reads cannot grow the gateway's memory); the preface and each request message
+  must arrive within ``request_timeout_s`` (a call whose request stalls is answered
+  DEADLINE_EXCEEDED and gives back its slot in the call limit); a connection without
+  calls for ``idle_timeout_s`` gets GOAWAY and is closed, which gRPC clients answer by
+  reconnecting on their next call. Streams waiting for the peer's window are kept apart,
+  so a WINDOW_UPDATE costs nothing per idle stream.
 """
 
 from __future__ import annotations
@@ -191,7 +199,7 @@ class Method:
 @dataclass(eq=False)
 class _Stream:
     id: int
-    send_window: int
+    sent: int = 0  # answer bytes sent, less the peer's WINDOW_UPDATEs: its window is the initial one less this
     method: Method | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     deadline: float | None = None
@@ -200,31 +208,59 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     remote_closed: bool = False
     pending: bytes = b""  # response DATA not yet allowed by the flow-control windows; then OK trailers
+    opened: float = 0.0  # time.monotonic() of its HEADERS: the request must follow within request_timeout_s
 
 
 class H2Server:
     """Listens, accepts connections and counts the calls in flight across all of them."""
 
     def __init__(
-        self, methods: dict[str, Method], max_message_bytes: int, max_calls: int, ssl_context: ssl.SSLContext | None
+        self,
+        methods: dict[str, Method],
+        max_message_bytes: int,
+        max_calls: int,
+        ssl_context: ssl.SSLContext | None,
+        request_timeout_s: float = 30.0,
+        idle_timeout_s: float = 300.0,
+        write_buffer_bytes: int = 4 << 20,
     ) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
         self.max_calls = max_calls
         self.ssl_context = ssl_context
+        self.request_timeout_s = request_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.write_buffer_bytes = write_buffer_bytes
         self.calls = 0
         self.connections: set[H2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.closing = False
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: H2Connection(self), host, port, ssl=self.ssl_context)
+        self._schedule_sweep()
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _schedule_sweep(self) -> None:
+        limits = [t for t in (self.request_timeout_s, self.idle_timeout_s) if t > 0]
+        if limits and not self.closing:
+            # A quarter of the shortest limit: nothing is held much more than 25% past it.
+            period = min(1.0, max(0.01, min(limits) / 4))
+            self._sweeper = asyncio.get_running_loop().call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for connection in list(self.connections):
+            connection.sweep(now)
+        self._schedule_sweep()
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls (GOAWAY), give the ones in flight ``grace`` seconds, then close."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -259,11 +295,17 @@ class H2Connection(asyncio.Protocol):
         self.peer = "unknown"
         self.closed = False
         self.out: list[bytes] = []  # frames written once the current read is handled
+        # Answers waiting for the peer's windows; ``blocked`` holds those only the connection
+        # window stops, so a WINDOW_UPDATE visits just the streams it can move.
+        self.waiting: dict[int, _Stream] = {}
+        self.blocked: dict[int, _Stream] = {}
+        self.opened = self.last_call = time.monotonic()
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.transport = transport
+        transport.set_write_buffer_limits(high=self.server.write_buffer_bytes)
         self.server.connections.add(self)
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
@@ -289,6 +331,38 @@ class H2Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for stream in list(self.streams.values()):
             self._drop(stream, cancel=True)
+
+    def pause_writing(self) -> None:
+        """The answers outrun what the client reads: stop reading its frames until they drain."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def sweep(self, now: float) -> None:
+        """Enforce the server's time limits on this connection (called about every second)."""
+        if self.closed:
+            return
+        limit = self.server.request_timeout_s
+        if not self.preface:
+            if limit > 0 and now - self.opened > limit:
+                log.info("closing gRPC connection from %s: no HTTP/2 preface within %g s", self.peer, limit)
+                self.abort()
+                self.closed = True
+            return
+        if limit > 0:
+            for stream in list(self.streams.values()):
+                if stream.method is not None and stream.task is None and now - stream.opened > limit:
+                    self._send_status(stream, 4, f"the request message did not arrive within {limit:g} s", True)
+        idle = self.server.idle_timeout_s
+        if idle > 0 and not self.streams and now - self.last_call > idle:
+            log.info("closing gRPC connection from %s: no calls for %g s", self.peer, idle)
+            self.go_away(NO_ERROR, "idle")
+            self.abort()
+            self.closed = True
+        self.flush()
 
     def go_away(self, code: int, debug: str = "") -> None:
         """Tell the client no stream after the last one seen will be served."""
@@ -441,8 +515,9 @@ class H2Connection(asyncio.Protocol):
                 encoding = value
             elif name not in RESERVED:
                 metadata.append((name, value))
-        stream = _Stream(stream_id, self.peer_stream_window, remote_closed=ended)
+        stream = _Stream(stream_id, remote_closed=ended, opened=time.monotonic())
         self.streams[stream_id] = stream
+        self.last_call = stream.opened
         if method_name != "POST" or not content_type.startswith("application/grpc"):
             # Not a gRPC call at all: plain HTTP status, as the gRPC spec asks.
             status = hpack_int(8, 4) + hpack_int(3, 7) + b"415"  # :status (static name 8) 415
@@ -473,7 +548,7 @@ class H2Connection(asyncio.Protocol):
     def _begin_error(self, stream_id: int, code: int, message: str) -> None:
         if stream_id > self.last_stream:
             self.last_stream = stream_id
-        stream = _Stream(stream_id, self.peer_stream_window, remote_closed=bool(self.header_flags & END_STREAM))
+        stream = _Stream(stream_id, remote_closed=bool(self.header_flags & END_STREAM))
         self.streams[stream_id] = stream
         self._send_status(stream, code, message, headers=True)
 
@@ -512,17 +587,19 @@ class H2Connection(asyncio.Protocol):
                 if value > MAX_WINDOW:
                     self._fail(FLOW_CONTROL_ERROR, "initial window too large")
                     return
-                delta = value - self.peer_stream_window
+                # Every stream's window moves with the initial one (RFC 9113 §6.9.2): kept
+                # relative to it, that costs nothing per stream.
+                grown = value > self.peer_stream_window
                 self.peer_stream_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
+                if grown:
+                    for stream in list(self.waiting.values()):
+                        self._send_data(stream)
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
                     self._fail(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
                     return
                 self.peer_frame = value
         self.out.append(frame(SETTINGS, ACK, 0, b""))
-        self._send_blocked()
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -534,12 +611,20 @@ class H2Connection(asyncio.Protocol):
             if self.send_window > MAX_WINDOW:
                 self._fail(FLOW_CONTROL_ERROR, "connection window overflow")
                 return
-        else:
-            stream = self.streams.get(stream_id)
-            if stream is None:
-                return
-            stream.send_window += increment
-        self._send_blocked()
+            for blocked in list(self.blocked.values()):
+                if self.send_window <= 0:
+                    break
+                self._send_data(blocked)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        stream.sent -= increment
+        if self.peer_stream_window - stream.sent > MAX_WINDOW:
+            self.out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", FLOW_CONTROL_ERROR)))
+            self._drop(stream, cancel=True)
+        elif stream.pending:
+            self._send_data(stream)
 
     # -- calls ------------------------------------------------------------------------------
     def _request_complete(self, stream: _Stream) -> None:
@@ -604,21 +689,24 @@ class H2Connection(asyncio.Protocol):
         """As much of the pending answer as the windows allow; the trailers once it is all out."""
         data = stream.pending
         while data:
-            size = min(len(data), self.peer_frame, self.send_window, stream.send_window)
+            size = min(len(data), self.peer_frame, self.send_window, self.peer_stream_window - stream.sent)
             if size <= 0:
                 break
             self.out.append(frame(DATA, 0, stream.id, data[:size]))
             data = data[size:]
             self.send_window -= size
-            stream.send_window -= size
+            stream.sent += size
         stream.pending = data
         if not data:
+            self.waiting.pop(stream.id, None)
+            self.blocked.pop(stream.id, None)
             self._send_block(stream, OK_TRAILERS, end=True)
-
-    def _send_blocked(self) -> None:
-        for stream in list(self.streams.values()):
-            if stream.pending and self.send_window > 0:
-                self._send_data(stream)
+            return
+        self.waiting[stream.id] = stream
+        if self.send_window <= 0 < self.peer_stream_window - stream.sent:
+            self.blocked[stream.id] = stream
+        else:
+            self.blocked.pop(stream.id, None)
 
     def _send_status(
         self, stream: _Stream, code: int, message: str, headers: bool, metadata: tuple[tuple[str, str], ...] = ()
@@ -646,6 +734,9 @@ class H2Connection(asyncio.Protocol):
     def _drop(self, stream: _Stream, cancel: bool) -> None:
         if self.streams.pop(stream.id, None) is None:
             return
+        self.waiting.pop(stream.id, None)
+        self.blocked.pop(stream.id, None)
+        self.last_call = time.monotonic()
         if stream.method is not None:
             self.server.calls -= 1
         if cancel and stream.task is not None and not stream.task.done():

@@ -248,7 +248,14 @@ async def build_server(
     if tls is not None and tls.cert_file is not None and tls.key_file is not None:
         context = server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    server = H2Server(unary_methods(service, front), config.max_message_bytes, front.limits.max_grpc_rpcs, context)
+    server = H2Server(
+        unary_methods(service, front),
+        config.max_message_bytes,
+        front.limits.max_grpc_rpcs,
+        context,
+        request_timeout_s=config.request_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+    )
     port = await server.start(host, config.port)
     return server, port
 

@@ -5,12 +5,15 @@ compressed requests, messages larger than HTTP/2's default 64 KiB windows, the s
 method it refuses, and ``grpc.server: grpcio`` still serving. Raw HTTP/2 frames over a
 loopback socket against the server with a small test servicer cover what tritonclient
 never does: a peer window too small for the answer, a reset stream, the call limit,
-non-gRPC requests, a bad preface, oversized messages, split header blocks and padding.
+non-gRPC requests, a bad preface, oversized messages, split header blocks and padding,
+and what a client may make the server hold: stalled requests, idle connections, answers
+it never reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import struct
 import threading
@@ -34,7 +37,9 @@ from gateway.grpc_api.h2server import (
     GOAWAY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
+    NO_ERROR,
     PADDED,
+    PING,
     PREFACE,
     RST_STREAM,
     SETTINGS,
@@ -154,14 +159,14 @@ class Servicer:
 class Loop:
     """The server on its own event loop in a thread, so the test can use blocking sockets."""
 
-    def __init__(self, max_message_bytes: int = 1 << 20, max_calls: int = 16) -> None:
+    def __init__(self, max_message_bytes: int = 1 << 20, max_calls: int = 16, **options: Any) -> None:
         self.servicer = Servicer()
         self.peers: list[Peer] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         methods = unary_methods(SERVICE, self.servicer)
-        self.server = H2Server(methods, max_message_bytes, max_calls, None)
+        self.server = H2Server(methods, max_message_bytes, max_calls, None, **options)
         self.port = self.run(self.server.start("127.0.0.1", 0))
 
     def run(self, coroutine: Any) -> Any:
@@ -346,3 +351,137 @@ def test_undecodable_header_closes_only_that_connection(server: Loop) -> None:
     other = server.peer()  # the listener still serves
     other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
     assert other.answer(1)[0] == 0
+
+
+def test_connection_window_and_a_grown_initial_window_release_answers(server: Loop) -> None:
+    """Answers held by the connection window, and by a stream window that SETTINGS later grows."""
+    peer = server.peer()  # stream windows of 1 MiB; the connection window stays at 65,535
+    peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"a" * 40_000)))
+    peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"b" * 40_000)))
+    received = {1: b"", 3: b""}
+    ended: dict[int, int | None] = {}
+    while sum(map(len, received.values())) < 65_535:
+        got = peer.read()
+        assert got is not None
+        if got[0] == DATA:
+            received[got[2]] += got[3]
+        elif got[0] == HEADERS and got[1] & END_STREAM:
+            ended[got[2]] = grpc_status(got[3])
+    assert ended == {1: 0} and len(received[3]) == 65_535 - len(received[1])  # stream 3 waits for the window
+    peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20)))
+    status, rest = peer.answer(3)
+    assert status == 0
+    for stream, data, byte in ((1, received[1], b"a"), (3, received[3] + rest, b"b")):
+        assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [byte * 40_000], stream
+
+    small = server.peer(window=1000)
+    small.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20)))
+    small.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"c" * 3000)))
+    first = b""
+    while len(first) < 1000:
+        got = small.read()
+        assert got is not None and not (got[0] == HEADERS and got[1] & END_STREAM)
+        if got[0] == DATA:
+            first += got[3]
+    small.send(frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 1 << 20)))  # every window grows
+    status, rest = small.answer(1)
+    assert status == 0 and len(first + rest) > 3000
+
+
+def test_stalled_request_is_answered_and_gives_back_its_slot() -> None:
+    running = Loop(max_calls=1, request_timeout_s=0.3)
+    try:
+        peer = running.peer()
+        message = call("echo", b"x" * 100)
+        peer.send(headers(1) + frame(DATA, 0, 1, message[:20]))  # the rest never comes
+        status, _ = peer.answer(1)
+        assert status == 4  # DEADLINE_EXCEEDED, and the one call slot is free again:
+        peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"ok")))
+        status, data = peer.answer(3)
+        assert status == 0 and service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"ok"]
+
+        silent = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        try:
+            while silent.recv(1 << 16):  # our SETTINGS, then the end: no preface in time, closed
+                pass
+        finally:
+            silent.close()
+    finally:
+        running.close()
+
+
+def test_idle_connection_gets_goaway_but_not_while_a_call_runs() -> None:
+    running = Loop(idle_timeout_s=0.3)
+    try:
+        busy = running.peer()
+        busy.send(headers(1) + frame(DATA, END_STREAM, 1, call("hold", b"")))
+        assert running.servicer.started.wait(10)
+        idle = running.peer()  # opened after the call began, so its going idle proves the time has passed
+        got = idle.read()
+        assert got is not None and got[0] == GOAWAY
+        assert struct.unpack(">II", got[3][:8])[1] == NO_ERROR
+        assert idle.read() is None
+        running.loop.call_soon_threadsafe(running.servicer.release.set)
+        assert busy.answer(1)[0] == 0  # the connection with the running call was left alone
+    finally:
+        running.close()
+
+
+def test_a_client_that_does_not_read_is_not_read_either() -> None:
+    """PINGs from a client that never reads the ACKs: the server stops reading it instead of buffering."""
+    running = Loop(write_buffer_bytes=64 * 1024)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", running.port))
+        sock.setblocking(False)
+        chunk = frame(PING, 0, 0, b"12345678") * 4096  # 68 KiB
+        pending = PREFACE + frame(SETTINGS, 0, 0, b"")
+        total, limit = 0, 64 << 20
+        while total < limit:  # bounded: without back-pressure all 64 MiB would go through
+            if not pending:
+                pending = chunk
+            _, writable, _ = select.select([], [sock], [], 1.0)
+            if not writable:
+                break  # the server stopped reading
+            sent = sock.send(pending)
+            pending, total = pending[sent:], total + sent
+        assert total < limit, "the server kept reading a client that reads nothing"
+
+        async def buffered() -> int:
+            return max(c.transport.get_write_buffer_size() for c in running.server.connections if c.transport)
+
+        assert running.run(buffered()) <= 64 * 1024 + 2 * len(chunk)  # one read's ACKs past the mark at most
+
+        answers: list[bytes] = []
+
+        def drain() -> None:  # read everything; note the end of stream 1
+            data, at = bytearray(), 0
+            while True:
+                try:
+                    part = sock.recv(1 << 20)
+                except BlockingIOError:
+                    select.select([sock], [], [], 10.0)
+                    continue
+                if not part:
+                    return
+                data += part
+                while len(data) - at >= 9 and len(data) - at >= 9 + int.from_bytes(data[at : at + 3], "big"):
+                    length, kind, flags = int.from_bytes(data[at : at + 3], "big"), data[at + 3], data[at + 4]
+                    stream = int.from_bytes(data[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                    if stream == 1 and kind == HEADERS and flags & END_STREAM:
+                        answers.append(bytes(data[at + 9 : at + 9 + length]))
+                        return
+                    at += 9 + length
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()  # reading again lets the server resume: the rest of the PINGs, then a call
+        sock.setblocking(True)
+        sock.settimeout(10)
+        sock.sendall(pending + headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
+        reader.join(20)
+        assert answers and grpc_status(answers[0]) == 0
+    finally:
+        sock.close()
+        running.close()
