@@ -221,12 +221,6 @@ class GRPCConfig(_Frozen):
         "batchgate",
         description="batchgate: the gateway's own HTTP/2 front for unary calls (less CPU per call); grpcio: grpc.aio.",
     )
-    request_timeout_s: float = Field(
-        30.0,
-        ge=0,
-        description="batchgate server: the preface and each request message must arrive within this; "
-        "a stalled call gets DEADLINE_EXCEEDED; 0 = no limit.",
-    )
     idle_timeout_s: float = Field(
         300.0, ge=0, description="batchgate server: GOAWAY to a connection without calls this long; 0 = never."
     )
@@ -269,10 +263,16 @@ class LimitsConfig(_Frozen):
     )
     max_json_depth: int = Field(32, ge=2, description="Nesting of JSON tensor data; deeper gets 400.")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Request line and headers; more get 431.")
-    max_connections: int = Field(1024, ge=1, description="Open HTTP connections; more get 503 and are closed.")
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections on each front; more get 503 (HTTP) or GOAWAY (gRPC) and are closed."
+    )
     max_grpc_rpcs: int = Field(1024, ge=1, description="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")
-    header_timeout_s: float = Field(10.0, gt=0, description="Time to send a request's headers; then 408 and close.")
-    body_timeout_s: float = Field(30.0, gt=0, description="Time to send a request's body; then 408 and close.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send a request's headers (gRPC: the HTTP/2 preface); then 408 and close."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time to send a request's body; then 408 and close (gRPC: DEADLINE_EXCEEDED)."
+    )
     per_client: ClientLimits = Field(default_factory=ClientLimits, description="Per-client rate and concurrency.")
 
 

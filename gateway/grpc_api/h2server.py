@@ -25,12 +25,13 @@ What it does and does not do:
   unknown methods. Server push, priorities and trailers sent by the client are ignored.
 - What a client can make it hold is bounded: a connection stops being read while more
   than ``write_buffer_bytes`` of its answers wait to be sent (a client that floods PINGs
-  or never reads cannot grow the gateway's memory); the preface and each request message
-  must arrive within ``request_timeout_s`` (a call whose request stalls is answered
-  DEADLINE_EXCEEDED and gives back its slot in the call limit); a connection without
-  calls for ``idle_timeout_s`` gets GOAWAY and is closed, which gRPC clients answer by
-  reconnecting on their next call. Streams waiting for the peer's window are kept apart,
-  so a WINDOW_UPDATE costs nothing per idle stream.
+  or never reads cannot grow the gateway's memory); the preface must arrive within
+  ``header_timeout_s`` and each request message within ``body_timeout_s`` of its headers
+  (a call whose request stalls is answered DEADLINE_EXCEEDED and gives back its slot in
+  the call limit); a connection without calls for ``idle_timeout_s`` gets GOAWAY and is
+  closed, which gRPC clients answer by reconnecting on their next call; connections past
+  ``max_connections`` get GOAWAY at once. Streams waiting for the peer's window are kept
+  apart, so a WINDOW_UPDATE costs nothing per idle stream.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     remote_closed: bool = False
     pending: bytes = b""  # response DATA not yet allowed by the flow-control windows; then OK trailers
-    opened: float = 0.0  # time.monotonic() of its HEADERS: the request must follow within request_timeout_s
+    opened: float = 0.0  # time.monotonic() of its HEADERS: the request must follow within body_timeout_s
 
 
 class H2Server:
@@ -220,16 +221,20 @@ class H2Server:
         max_message_bytes: int,
         max_calls: int,
         ssl_context: ssl.SSLContext | None,
-        request_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
         idle_timeout_s: float = 300.0,
+        max_connections: int = 1024,
         write_buffer_bytes: int = 4 << 20,
     ) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
         self.max_calls = max_calls
         self.ssl_context = ssl_context
-        self.request_timeout_s = request_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
         self.write_buffer_bytes = write_buffer_bytes
         self.calls = 0
         self.connections: set[H2Connection] = set()
@@ -244,7 +249,7 @@ class H2Server:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _schedule_sweep(self) -> None:
-        limits = [t for t in (self.request_timeout_s, self.idle_timeout_s) if t > 0]
+        limits = [t for t in (self.header_timeout_s, self.body_timeout_s, self.idle_timeout_s) if t > 0]
         if limits and not self.closing:
             # A quarter of the shortest limit: nothing is held much more than 25% past it.
             period = min(1.0, max(0.01, min(limits) / 4))
@@ -306,6 +311,14 @@ class H2Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.transport = transport
         transport.set_write_buffer_limits(high=self.server.write_buffer_bytes)
+        if len(self.server.connections) >= self.server.max_connections:
+            # Our preface (an empty SETTINGS) and straight away GOAWAY: clients back off and retry.
+            debug = f"too many open connections (limit {self.server.max_connections}); retry later".encode()
+            goaway = frame(GOAWAY, 0, 0, struct.pack(">II", 0, ENHANCE_YOUR_CALM) + debug)
+            transport.write(frame(SETTINGS, 0, 0, b"") + goaway)
+            transport.close()
+            self.closed = True
+            return
         self.server.connections.add(self)
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
@@ -345,13 +358,14 @@ class H2Connection(asyncio.Protocol):
         """Enforce the server's time limits on this connection (called about every second)."""
         if self.closed:
             return
-        limit = self.server.request_timeout_s
         if not self.preface:
+            limit = self.server.header_timeout_s
             if limit > 0 and now - self.opened > limit:
                 log.info("closing gRPC connection from %s: no HTTP/2 preface within %g s", self.peer, limit)
                 self.abort()
                 self.closed = True
             return
+        limit = self.server.body_timeout_s
         if limit > 0:
             for stream in list(self.streams.values()):
                 if stream.method is not None and stream.task is None and now - stream.opened > limit:
@@ -388,6 +402,8 @@ class H2Connection(asyncio.Protocol):
 
     # -- frames in -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         buffer = self.buffer
         buffer += data
         at = 0

@@ -253,8 +253,10 @@ async def build_server(
         config.max_message_bytes,
         front.limits.max_grpc_rpcs,
         context,
-        request_timeout_s=config.request_timeout_s,
+        header_timeout_s=front.limits.header_timeout_s,
+        body_timeout_s=front.limits.body_timeout_s,
         idle_timeout_s=config.idle_timeout_s,
+        max_connections=front.limits.max_connections,
     )
     port = await server.start(host, config.port)
     return server, port

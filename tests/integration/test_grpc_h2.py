@@ -389,7 +389,7 @@ def test_connection_window_and_a_grown_initial_window_release_answers(server: Lo
 
 
 def test_stalled_request_is_answered_and_gives_back_its_slot() -> None:
-    running = Loop(max_calls=1, request_timeout_s=0.3)
+    running = Loop(max_calls=1, header_timeout_s=0.3, body_timeout_s=0.3)
     try:
         peer = running.peer()
         message = call("echo", b"x" * 100)
@@ -484,4 +484,35 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
         assert answers and grpc_status(answers[0]) == 0
     finally:
         sock.close()
+        running.close()
+
+
+def test_connections_past_the_limit_get_goaway() -> None:
+    running = Loop(max_connections=2)
+    try:
+        first, second = running.peer(), running.peer()
+        for peer in (first, second):  # both served
+            peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
+            assert peer.answer(1)[0] == 0
+        third = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        refusal = b""  # read before writing: a client's unread preface would turn the close into a reset
+        while chunk := third.recv(1 << 16):
+            refusal += chunk
+        third.close()
+        goaway = refusal[9 + int.from_bytes(refusal[:3], "big") :]  # after our (empty) SETTINGS
+        assert goaway[3] == GOAWAY and b"too many open connections" in goaway
+        first.sock.close()  # a place frees up once the server sees it closed
+        for _ in range(100):
+            fourth = running.peer()
+            try:
+                fourth.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
+                got = fourth.read()
+            except ConnectionResetError:
+                continue  # refused while the server had not yet seen the close
+            assert got is not None
+            if got[0] != GOAWAY:
+                break
+        assert got[0] == HEADERS and got[2] == 1  # the answer's headers: served again
+        assert fourth.answer(1)[0] == 0
+    finally:
         running.close()
