@@ -175,6 +175,11 @@ class PoolConfig(_Frozen):
         description="Execution providers in order; 'auto' = CUDA when present, then CPU.",
     )
     spin: bool = Field(False, description="Let ONNX Runtime threads spin-wait between runs (burns idle CPU).")
+    batch_scheduling: bool = Field(
+        True,
+        description="Run local workers under Linux SCHED_BATCH: their wake-ups never preempt the gateway "
+        "on shared cores (mlp at 70% load on 2 cores: p99 28 instead of 43 ms).",
+    )
     inflight_per_replica: int = Field(
         1, ge=1, description="Batches sent to one replica at a time; more overlaps transfer with compute."
     )

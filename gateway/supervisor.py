@@ -94,6 +94,8 @@ class LocalSupervisor:
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         if self.config.spin:
             argv.append("--spin")
+        if self.config.batch_scheduling:
+            argv.append("--batch-scheduling")
         for model in self.models():
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
         if local_path is not None:

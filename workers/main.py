@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", default="auto", help="comma-separated execution providers")
     parser.add_argument("--spin", action="store_true", help="let ONNX Runtime threads spin-wait between runs")
+    parser.add_argument(
+        "--batch-scheduling",
+        action="store_true",
+        help="run under SCHED_BATCH (Linux): wake-ups do not preempt other processes on the same cores",
+    )
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="info")
@@ -80,6 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def batch_scheduling() -> None:
+    """Move this process to SCHED_BATCH: its threads now, and so every thread started later.
+
+    A worker that shares cores with its gateway wakes whenever a batch arrives; under the
+    default policy that wake-up may preempt the gateway's event loop in the middle of
+    answering clients, and every client then waits for the batch. SCHED_BATCH keeps the
+    worker's share of the CPU and only gives up preempting on wake-up. Measured on the
+    2-core benchmark box, ``mlp`` at 7,800 Poisson arrivals/s (70% of capacity): median
+    p99 28 ms over 9 runs against 43 ms over 8 without (single runs vary from 20 to
+    136 ms); closed-loop throughput at 1, 64 and 256 users unchanged.
+    """
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is None:
+        log.info("SCHED_BATCH is not available here; the worker keeps the default scheduling")
+        return
+    # Imports have already started threads (numpy's BLAS pool): each thread has its own policy.
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(task), policy, os.sched_param(0))
+        except ProcessLookupError:
+            continue  # that thread has ended
+        except OSError as exc:  # a seccomp profile may forbid it: serving matters more
+            log.warning("cannot switch to SCHED_BATCH (%s); the worker keeps the default scheduling", exc)
+            return
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -91,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeConflict as exc:
         log.error("%s", exc)
         return 2
+    if args.batch_scheduling:
+        batch_scheduling()
     specs = list(args.model)
     if args.model_repository:
         specs.extend(scan_repository(args.model_repository))

@@ -64,6 +64,18 @@ def test_single_client_does_not_pay_the_queue_delay(slow_window_gateway: Gateway
     assert quick == count, "a lone request waited for the 50 ms batching window"
 
 
+def test_local_workers_run_under_sched_batch(slow_window_gateway: GatewayProcess) -> None:
+    """Every thread of every local worker (ONNX Runtime's included), not the gateway itself."""
+    _infer(httpclient.InferenceServerClient(slow_window_gateway.url), 0)  # sessions and their threads exist
+    workers = _children(slow_window_gateway.process.pid)
+    assert workers
+    for pid in workers:
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(threads) > 1
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}, pid
+    assert os.sched_getscheduler(slow_window_gateway.process.pid) == os.SCHED_OTHER
+
+
 def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gateway: GatewayProcess) -> None:
     gateway = slow_window_gateway
     workers = _children(gateway.process.pid)
