@@ -1,4 +1,4 @@
-"""How the local supervisor sizes a worker's thread pool (no processes started)."""
+"""How the local supervisor builds a worker's command line: thread pool size, scheduling (no processes started)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,11 @@ def test_auto_threads_share_the_cores_among_the_workers_running(
     pinned.workers[0] = WorkerProcess(0, "unix:/a", None)
     pinned.workers[1] = WorkerProcess(1, "unix:/b", None)
     assert _threads(pinned.command("unix:/b")) == 3  # an explicit size is kept
+
+
+def test_batch_scheduling_is_passed_on_unless_turned_off(tmp_path: Path) -> None:
+    def command(config: PoolConfig) -> list[str]:
+        return LocalSupervisor(PoolClient("p"), config, lambda: [], Metrics(), tmp_path).command("unix:/a")
+
+    assert "--batch-scheduling" in command(PoolConfig())
+    assert "--batch-scheduling" not in command(PoolConfig(batch_scheduling=False))
