@@ -300,6 +300,7 @@ class H2Connection(asyncio.Protocol):
         self.peer = "unknown"
         self.closed = False
         self.out: list[bytes] = []  # frames written once the current read is handled
+        self.flush_due = False
         # Answers waiting for the peer's windows; ``blocked`` holds those only the connection
         # window stops, so a WINDOW_UPDATE visits just the streams it can move.
         self.waiting: dict[int, _Stream] = {}
@@ -385,6 +386,7 @@ class H2Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
+            self.flush()  # answers queued for this turn of the loop still go out
             self.transport.close()
 
     def _fail(self, code: int, debug: str) -> None:
@@ -396,9 +398,21 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
 
     def flush(self) -> None:
+        self.flush_due = False
         if self.out and self.transport is not None and not self.closed:
             self.transport.write(b"".join(self.out))
         self.out.clear()
+
+    def flush_soon(self) -> None:
+        """Write once the answers finishing in this turn of the event loop are all queued.
+
+        A batch completes every call in it at once, and a client's calls share one
+        connection: one write for all of them instead of one each (on loopback each send
+        runs the receiver's TCP path too, a quarter of the gateway's time at 64 users).
+        """
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     # -- frames in -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -681,17 +695,17 @@ class H2Connection(asyncio.Protocol):
                 raise Abort(8, f"response larger than the {self.server.max_message_bytes} byte limit")
         except Abort as abort:
             self._send_status(stream, abort.code, abort.message, headers=True, metadata=abort.metadata)
-            self.flush()
+            self.flush_soon()
             return
         except asyncio.CancelledError:
             return  # the client reset the stream or went away: nobody to answer
         except Exception:
             log.exception("gRPC call on stream %d failed", stream.id)
             self._send_status(stream, 2, "internal error in the gateway", headers=True)
-            self.flush()
+            self.flush_soon()
             return
         self._answer(stream, struct.pack(">BI", 0, len(payload)) + payload)
-        self.flush()
+        self.flush_soon()
 
     # -- frames out -------------------------------------------------------------------------
     def _answer(self, stream: _Stream, data: bytes) -> None:
