@@ -229,6 +229,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if self not in self.connections:  # refused in connection_made: uvicorn never saw it
             return
         super().connection_lost(exc)
+        # The last request's cycle points back at this protocol: let go of it, so a closed
+        # connection is freed by reference counting, not left for the garbage collector.
+        self.cycle = None  # type: ignore[assignment]  # as uvicorn starts it
+        self.pipeline.clear()
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
