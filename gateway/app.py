@@ -141,11 +141,14 @@ class Gateway:
             pools = list(self.pools)
         slos = {name: self.manager.pool_slo_s(name) for name in pools}
         # Unless configured, a local pool keeps its configured replicas as the floor and may
-        # grow to one worker per core.
+        # grow to one run per core.
         defaults = {
             name: ScalingPolicy(
                 min_replicas=self.config.pools[name].replicas,
-                max_replicas=max(self.config.pools[name].replicas, os.cpu_count() or 1),
+                max_replicas=max(
+                    self.config.pools[name].replicas,
+                    (os.cpu_count() or 1) // self.config.pools[name].concurrent_runs,
+                ),
             )
             for name in pools
         }

@@ -169,7 +169,16 @@ class PoolConfig(_Frozen):
     """A pool of worker replicas: local processes, or given endpoints of v2 gRPC servers."""
 
     replicas: int = Field(2, ge=0, description="Local worker processes to start.")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = cores/replicas.")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per run; 0 = cores / (replicas x concurrent_runs)."
+    )
+    concurrent_runs: int = Field(
+        1,
+        ge=1,
+        description="Batches one worker computes at once on one shared session, so one copy of the weights "
+        "(and of the CPU cache) serves them all; the gateway sends each replica at least this many at a time "
+        "(remote workers: start them with --concurrent-runs).",
+    )
     providers: tuple[str, ...] = Field(
         ("auto",),
         description="Execution providers in order; 'auto' = CUDA when present, then CPU.",

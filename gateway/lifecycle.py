@@ -53,9 +53,9 @@ class ModelManager:
         pool = self.pools.get(name)
         if pool is None:
             config = self.config.pools[name]
-            pool = self.pools[name] = PoolClient(
-                name, config.inflight_per_replica, clock=self.clock, metrics=self.metrics, tls=config.tls
-            )
+            # A worker computing several batches at once must be sent that many.
+            slots = max(config.inflight_per_replica, config.concurrent_runs)
+            pool = self.pools[name] = PoolClient(name, slots, clock=self.clock, metrics=self.metrics, tls=config.tls)
         return pool
 
     def serve(self, model: RepositoryModel, version: ModelVersion) -> ServedModel:

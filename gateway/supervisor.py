@@ -44,9 +44,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def auto_threads(replicas: int) -> int:
-    """Share the cores between replicas so their thread pools do not fight."""
-    return max(1, (os.cpu_count() or 1) // max(replicas, 1))
+def auto_threads(runs: int) -> int:
+    """Share the cores between the runs of all replicas so their thread pools do not fight."""
+    return max(1, (os.cpu_count() or 1) // max(runs, 1))
 
 
 class WorkerProcess:
@@ -89,8 +89,10 @@ class LocalSupervisor:
         # worker the autoscaler adds does not bring a full-size thread pool (1 -> 2 workers
         # with 2 threads each oversubscribed 2 cores: mlp_xl 820 vs 1,076 items/s). Workers
         # already running keep their size until they restart.
-        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)))
+        runs = self.config.concurrent_runs
+        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)) * runs)
         argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
+        argv += ["--concurrent-runs", str(runs)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         if self.config.spin:
             argv.append("--spin")

@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen-local", type=Path, help="also serve the framed local fast path on this unix socket path"
     )
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per run")
+    parser.add_argument(
+        "--concurrent-runs",
+        type=int,
+        default=1,
+        help="batches of one model computed at once, sharing its session (and its weights)",
+    )
     parser.add_argument("--providers", default="auto", help="comma-separated execution providers")
     parser.add_argument("--spin", action="store_true", help="let ONNX Runtime threads spin-wait between runs")
     parser.add_argument(
@@ -112,7 +118,10 @@ def batch_scheduling() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.concurrent_runs < 1:
+        parser.error("--threads and --concurrent-runs must be at least 1")
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s",
@@ -134,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for name, version, path in specs:
         try:
-            models[(name, version)] = load_model(name, version, path, args.threads, providers, args.spin)
+            models[(name, version)] = load_model(
+                name, version, path, args.threads, providers, args.spin, args.concurrent_runs
+            )
         except Exception as exc:  # ORT raises several types; any of them means this model cannot load
             log.error("cannot load %s:%s from %s: %s", name, version, path, exc)
             return 1
@@ -147,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.fault_seed,
             frozenset(m for m in args.fault_models.split(",") if m),
         ),
-        loader=lambda name, version, path: load_model(name, version, path, args.threads, providers, args.spin),
+        loader=lambda name, version, path: load_model(
+            name, version, path, args.threads, providers, args.spin, args.concurrent_runs
+        ),
     )
     if servicer.faults.active:
         log.warning(

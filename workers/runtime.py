@@ -96,7 +96,7 @@ def _spec(node: Any) -> TensorSpec:
 class LoadedModel:
     """One ONNX Runtime session for one model version, with its signature."""
 
-    def __init__(self, name: str, version: str, path: Path, session: Any) -> None:
+    def __init__(self, name: str, version: str, path: Path, session: Any, concurrency: int = 1) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -114,14 +114,17 @@ class LoadedModel:
         self._device = "cuda" if self.on_gpu else "cpu"
         self._input_names = {spec.name for spec in self.inputs}
         self._output_names = [spec.name for spec in self.outputs]
-        self._lock = threading.Lock()
+        # ONNX Runtime's Run is thread-safe: concurrent runs share this session's one copy of
+        # the weights (and so the CPU cache), where a second process would bring its own.
+        self.concurrency = max(concurrency, 1)
+        self._runs = threading.BoundedSemaphore(self.concurrency)
 
     def run(
         self, feeds: dict[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
     ) -> list[npt.NDArray[Any]]:
-        """Run the session; one run at a time per model so threads do not oversubscribe cores."""
+        """Run the session; at most ``concurrency`` runs at a time, so threads do not oversubscribe cores."""
         names = list(output_names) if output_names else self._output_names
-        with self._lock:
+        with self._runs:
             if self.io_binding and not any(array.dtype == object for array in feeds.values()):
                 return self._run_bound(feeds, names)
             result: list[npt.NDArray[Any]] = self.session.run(names, feeds)
@@ -157,9 +160,15 @@ class LoadedModel:
 
 
 def load_model(
-    name: str, version: str, path: Path, threads: int, providers: Sequence[str], spin: bool = False
+    name: str,
+    version: str,
+    path: Path,
+    threads: int,
+    providers: Sequence[str],
+    spin: bool = False,
+    concurrency: int = 1,
 ) -> LoadedModel:
-    """Create and warm up the session for one model file."""
+    """Create and warm up the session for one model file; ``concurrency`` runs may share it at once."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -171,7 +180,15 @@ def load_model(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     chosen = resolve_providers(providers, ort.get_available_providers())
     session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
-    model = LoadedModel(name, version, path, session)
+    model = LoadedModel(name, version, path, session, concurrency)
     model.warm_up()
-    log.info("loaded %s:%s from %s on %s (%d threads)", name, version, path, model.providers[0], threads)
+    log.info(
+        "loaded %s:%s from %s on %s (%d runs at once, %d threads each)",
+        name,
+        version,
+        path,
+        model.providers[0],
+        model.concurrency,
+        threads,
+    )
     return model

@@ -220,3 +220,48 @@ def test_grpc_deadline_shorter_than_the_queue_wait_costs_no_compute(slow_worker_
     stats = client.get_inference_statistics("digits_mlp", as_json=True)["model_stats"][0]
     assert int(stats["execution_count"]) == executions + 1  # only the first request reached the worker
     assert gateway.metric("batchgate_batch_size_sum", {"model": "digits_mlp"}) == rows_before + 1
+
+
+def test_one_worker_takes_a_second_batch_while_the_first_computes(tmp_path: Path, demo_repository: Path) -> None:
+    """``concurrent_runs: 2`` on one replica: a single worker process, told to run two batches at
+    once, and the gateway hands it the second while the first is still inside (a 400 ms fault
+    delay). With one slot the second request would wait those 400 ms in the queue."""
+    root = tmp_path / "models"
+    write_model(
+        root,
+        "digits_mlp",
+        (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(),
+        {"slo": {"p99_ms": 5000}},
+    )
+    config = {"pools": {"default": {"replicas": 1, "concurrent_runs": 2, "fault": {"delay_ms": 400}}}}
+    gateway = GatewayProcess(root, tmp_path / "gateway.log", config=config, replicas=1)
+    labels = {"model": "digits_mlp"}
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]})
+    request = (
+        f"POST /v2/models/digits_mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    try:
+        gateway.wait_ready()
+        workers = _children(gateway.process.pid)
+        assert len(workers) == 1
+        argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--concurrent-runs") + 1] == b"2"
+        assert argv[argv.index(b"--threads") + 1] == str(max(1, (os.cpu_count() or 1) // 2)).encode()
+        with socket.create_connection(("127.0.0.1", gateway.port)) as first:
+            first.sendall(request)
+            _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == 1)
+            with socket.create_connection(("127.0.0.1", gateway.port)) as second:
+                second.sendall(request)
+                _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == 2)
+                first.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    first.recv(1)  # the first batch is still computing
+                first.setblocking(True)
+                first.settimeout(10)
+                second.settimeout(10)
+                assert first.recv(4096).startswith(b"HTTP/1.1 200")
+                assert second.recv(4096).startswith(b"HTTP/1.1 200")
+        quick = gateway.metric("batchgate_queue_duration_seconds_bucket", {**labels, "le": "0.1"})
+        assert quick == 2, "the second request waited in the queue for the first batch"
+    finally:
+        gateway.stop()

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from workers.runtime import CPU, CUDA, TENSORRT, RuntimeConflict, check_single_runtime, resolve_providers
@@ -44,3 +48,41 @@ def test_io_binding_path_gives_the_plain_run_results(tmp_path: object) -> None:
     assert bound[0].shape == (5, 4)
     strided = {"input": np.asfortranarray(feeds["input"])}  # non-contiguous input is copied, not misread
     np.testing.assert_allclose(model.run(strided)[0], plain[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("concurrency", [2, 1])
+def test_concurrent_runs_share_one_session_up_to_the_limit(tmp_path: Path, concurrency: int) -> None:
+    """Two runs are inside one session at once when allowed; with the default the second waits its turn."""
+    from gateway.demo import mlp_model
+    from workers.runtime import load_model
+
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(mlp_model((8, 16, 4), seed=3))
+    feeds = {"input": np.ones((3, 8), dtype=np.float32)}
+    model = load_model("m", "1", path, threads=1, providers=["cpu"], concurrency=concurrency)
+    session = model.session
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    class Gated:
+        """The real session, but each run reports in and then waits to be let go."""
+
+        def run(self, names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            entered.release()
+            assert release.wait(10), "the test never let the run go"
+            return list(session.run(names, inputs))
+
+    model.session = Gated()
+    results: list[list[np.ndarray]] = []
+    runners = [threading.Thread(target=lambda: results.append(model.run(feeds))) for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    for _ in range(concurrency):
+        assert entered.acquire(timeout=10), f"{concurrency} runs should be inside the session at once"
+    if concurrency == 1:
+        assert not entered.acquire(timeout=0.3), "a second run entered while the only slot was held"
+    release.set()
+    for runner in runners:
+        runner.join(10)
+    assert len(results) == 2
+    assert all(result[0].shape == (3, 4) for result in results)

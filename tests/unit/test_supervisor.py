@@ -38,3 +38,19 @@ def test_batch_scheduling_is_passed_on_unless_turned_off(tmp_path: Path) -> None
 
     assert "--batch-scheduling" in command(PoolConfig())
     assert "--batch-scheduling" not in command(PoolConfig(batch_scheduling=False))
+
+
+def test_concurrent_runs_are_passed_on_and_share_the_auto_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+
+    def command(config: PoolConfig) -> list[str]:
+        return LocalSupervisor(PoolClient("p"), config, lambda: [], Metrics(), tmp_path).command("unix:/a")
+
+    shared = command(PoolConfig(replicas=2, concurrent_runs=2))
+    assert shared[shared.index("--concurrent-runs") + 1] == "2"
+    assert _threads(shared) == 2  # 8 cores over 2 workers x 2 runs
+    assert _threads(command(PoolConfig(replicas=1, concurrent_runs=8))) == 1
+    plain = command(PoolConfig(replicas=2))
+    assert plain[plain.index("--concurrent-runs") + 1] == "1" and _threads(plain) == 4
