@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", default="1,16,64,256", help="closed-loop user counts")
     parser.add_argument("--open-load", default="0.7,0.3,0.1", help="open-loop rates as shares of the measured capacity")
     parser.add_argument(
-        "--open-rounds", type=int, default=3, help="alternating runs of the two batchers at each open-loop rate"
+        "--open-rounds", type=int, default=5, help="alternating runs of the two batchers at each open-loop rate"
     )
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder (the bench extra)")
