@@ -50,6 +50,12 @@ def median_run(rows: list[Row], system: str, rate: float) -> Row | None:
     return runs[len(runs) // 2] if runs else None
 
 
+def tail_ratios(rows: list[Row], system: str, rate: float) -> list[float]:
+    """p99/p50 of each open-loop run of ``system`` at ``rate``, smallest first."""
+    runs = [r for r in rows if r.system == system and r.rate == rate and r.p50_ms and r.p99_ms]
+    return sorted(r.p99_ms / r.p50_ms for r in runs if r.p99_ms and r.p50_ms)
+
+
 def rounds_table(rounds: list[Row]) -> list[str]:
     """Each interleaved round of the 64-user comparison, and the ratios within it."""
     ours = [("batchgate", p) for p in ("json", "binary", "grpc") if any(r.protocol == p for r in rounds)]
@@ -142,25 +148,31 @@ def targets(
         fixed = median_run(rows, "fixed-delay", rate)
         if ours is None or not ours.p50_ms or not ours.p99_ms:
             continue
+        # The verdict takes the median of the runs' own ratios: the run with the median p99
+        # can carry an unusually high p50 and pass on that alone.
+        ratios = tail_ratios(rows, "batchgate", rate)
+        ratio = ratios[len(ratios) // 2]
         runs = [r for r in rows if r.system == "batchgate" and r.rate == rate]
-        ratio = ours.p99_ms / ours.p50_ms
-        error_share = ours.errors / max(ours.errors + ours.requests, 1)
+        errors = sum(r.errors for r in runs)
+        error_share = errors / max(errors + sum(r.requests for r in runs), 1)
         if error_share > 0.01:
             verdict = f"NOT met (overloaded: {error_share:.0%} of requests failed)"
         else:
             verdict = "met" if ratio <= 3.0 else "NOT met (target ≤ 3)"
         label = "4." if rate == open_rates[0] else "  "
-        how = f", the run with the median p99 of {len(runs)}" if len(runs) > 1 else ""
+        each = ", ".join(f"{x:.2f}" for x in ratios)
         line = (
-            f"- {label} open loop at {rate:.0f}/s (binary, mlp{how}): p99/p50 = {ours.p99_ms:.2f}/{ours.p50_ms:.2f} "
-            f"= **{ratio:.2f}**"
+            f"- {label} open loop at {rate:.0f}/s (binary, mlp): p99/p50 median of {len(ratios)} runs **{ratio:.2f}**"
         )
+        line += f" ({each})" if len(ratios) > 1 else ""
         line += f" — {verdict}" if rate == open_rates[0] else ""
-        if fixed is not None and fixed.p50_ms and fixed.p99_ms:
+        fixed_ratios = tail_ratios(rows, "fixed-delay", rate)
+        if fixed is not None and fixed.p50_ms and fixed.p99_ms and fixed_ratios:
             line += (
-                f"; fixed 2 ms delay at the same rate: p50 {fixed.p50_ms:.2f}, p99 {fixed.p99_ms:.2f} ms "
-                f"(adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'}); server CPU "
-                f"{ours.server_cpu_pct:.0f}% adaptive vs {fixed.server_cpu_pct:.0f}% fixed"
+                f"; fixed 2 ms delay: {fixed_ratios[len(fixed_ratios) // 2]:.2f}. Runs with the median p99: "
+                f"adaptive p50 {ours.p50_ms:.2f}, p99 {ours.p99_ms:.2f} ms; fixed p50 {fixed.p50_ms:.2f}, "
+                f"p99 {fixed.p99_ms:.2f} ms (adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'}); "
+                f"server CPU {ours.server_cpu_pct:.0f}% adaptive vs {fixed.server_cpu_pct:.0f}% fixed"
             )
         out.append(line)
     for r in rows:  # the real encoder: no target of its own, the same yardstick as target 2
@@ -284,3 +296,19 @@ def plot(rows: list[Row], out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out / "core.png", dpi=110)
     plt.close(figure)
+
+
+def rerender(results: Path) -> None:
+    """Write core.md and core.png again from core.json (after a change to this report)."""
+    document = json.loads((results / "core.json").read_text())
+    rows = [Row(**r) for r in document["rows"]]
+    rounds = [Row(**r) for r in document.get("rounds", [])]
+    text = markdown(document["raw"], document["raw_latency_ms"], rows, document["meta"], rounds)
+    (results / "core.md").write_text(text)
+    plot(rows, results)
+
+
+if __name__ == "__main__":
+    import sys
+
+    rerender(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results")

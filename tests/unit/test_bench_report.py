@@ -1,0 +1,37 @@
+"""The benchmark report's verdict on target 4 (open-loop tail), from made-up runs."""
+
+from __future__ import annotations
+
+from benchmarks.measure import Row
+from benchmarks.report import targets
+
+
+def _open(system: str, p50: float, p99: float, rate: float = 7000.0) -> Row:
+    return Row(system, "mlp", "binary", 0, rate, p50, p99, p99 * 1.2, 0, 150.0, 300.0, 20.0, rate=rate, requests=70_000)
+
+
+def _target4(rows: list[Row]) -> str:
+    lines = [line for line in targets([], {}, rows) if "open loop at 7000/s" in line]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_target_4_takes_the_median_of_the_runs_ratios() -> None:
+    # The run with the median p99 (54 ms) has a high p50 and alone would pass with 2.96;
+    # the runs' own ratios are 2.96, 3.99, 4.42, 5.29 and 7.71.
+    runs = [(9.30, 41.09), (11.44, 45.70), (11.96, 92.27), (19.91, 105.41), (18.19, 53.88)]
+    fixed = [(10.0, 30.0)] * 5
+    line = _target4([_open("batchgate", *r) for r in runs] + [_open("fixed-delay", *r) for r in fixed])
+    assert "median of 5 runs **4.42** (2.96, 3.99, 4.42, 5.29, 7.71) — NOT met" in line
+    assert "fixed 2 ms delay: 3.00" in line
+
+
+def test_target_4_is_met_when_most_runs_are_within_three() -> None:
+    runs = [(10.0, 25.0), (10.0, 29.0), (10.0, 45.0), (10.0, 28.0), (10.0, 27.0)]
+    assert "**2.80** (2.50, 2.70, 2.80, 2.90, 4.50) — met" in _target4([_open("batchgate", *r) for r in runs])
+
+
+def test_target_4_fails_an_overloaded_run_whatever_its_ratio() -> None:
+    overloaded = _open("batchgate", 10.0, 20.0)
+    overloaded.errors = 5_000
+    assert "NOT met (overloaded: 7% of requests failed)" in _target4([overloaded])
