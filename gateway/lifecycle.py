@@ -22,13 +22,12 @@ from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
 from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
-from gateway.pool import PoolClient, error_for
+from gateway.pool import LOAD_TIMEOUT_S, PoolClient, error_for
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
 from gateway.router import Router, ServedModel
 
 log = logging.getLogger("batchgate.lifecycle")
 
-LOAD_TIMEOUT_S = 300.0
 HEALTH_TICK_S = 2.0
 
 
@@ -56,6 +55,7 @@ class ModelManager:
             # A worker computing several batches at once must be sent that many.
             slots = max(config.inflight_per_replica, config.concurrent_runs)
             pool = self.pools[name] = PoolClient(name, slots, clock=self.clock, metrics=self.metrics, tls=config.tls)
+            pool.wanted = lambda: ((m.name, m.version, str(m.path)) for m in self.pool_models(name))
         return pool
 
     def serve(self, model: RepositoryModel, version: ModelVersion) -> ServedModel:

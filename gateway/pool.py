@@ -43,6 +43,10 @@ _CHANNEL_OPTIONS = [
 ]
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
+# (model, version, model file) that every replica of a pool must hold before it takes batches.
+Wanted = Callable[[], Iterable[tuple[str, str, str]]]
+LOAD_TIMEOUT_S = 300.0
+
 Outputs = dict[str, Array]
 # done(outputs, worker_busy_seconds, error): exactly one of outputs / error is set.
 Done = Callable[[Outputs | None, float | None, BatchgateError | None], None]
@@ -93,6 +97,7 @@ class Replica:
         self.outstanding = 0
         self.ready = False
         self.draining = False
+        self.preparing: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
         self.connections: list[LocalConnection] = []
@@ -162,6 +167,9 @@ class PoolClient:
         self._slot_listeners: deque[Callable[[], None]] = deque()
         self._ready_listeners: list[Callable[[], None]] = []
         self._health_task: asyncio.Task[None] | None = None
+        # What a replica must have loaded before it is ready: a worker that starts late
+        # (a new or restarted pod) loads only the newest version of each model by itself.
+        self.wanted: Wanted = lambda: ()
 
     # -- membership -------------------------------------------------------------------
     def add(self, address: str, local_path: str | None = None) -> Replica:
@@ -367,7 +375,45 @@ class PoolClient:
             except Unavailable:
                 replica.close_local()
                 ready = False
+        if ready and not replica.ready:
+            # Not ready until it holds every served version; loading can take a while, so
+            # it runs beside the health loop instead of holding up the other replicas' probes.
+            if replica.preparing is None:
+                replica.preparing = spawn(self._prepare(replica), name=f"prepare-{replica.address}")
+            return
         self.set_ready(replica, ready)
+
+    async def _prepare(self, replica: Replica) -> None:
+        """Load what the replica lacks of ``wanted``, then mark it ready (it is probed again if that fails)."""
+        param = service_pb2.ModelRepositoryParameter
+        try:
+            missing: list[str] = []
+            for name, version, path in list(self.wanted()):
+                request = service_pb2.ModelReadyRequest(name=name, version=version)
+                if (await replica.stub.ModelReady(request, timeout=2)).ready:
+                    continue
+                log.info(
+                    "pool %s: loading %s:%s on %s before it takes batches", self.name, name, version, replica.address
+                )
+                load = service_pb2.RepositoryModelLoadRequest(
+                    model_name=name,
+                    parameters={"version": param(string_param=version), "path": param(string_param=path)},
+                )
+                try:
+                    await replica.stub.RepositoryModelLoad(load, timeout=LOAD_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    missing.append(f"{name}:{version} ({exc.details()})")
+            if missing:
+                # Ready all the same: it still serves the versions it has, and its batches for
+                # the others fail and are retried elsewhere.
+                log.warning("pool %s: replica %s could not load %s", self.name, replica.address, ", ".join(missing))
+        except grpc.aio.AioRpcError as exc:
+            log.warning("pool %s: replica %s did not answer while being prepared: %s", self.name, replica.address, exc)
+            return
+        finally:
+            replica.preparing = None
+        if not replica.draining and replica.address in self.replicas:
+            self.set_ready(replica, True)
 
     async def _health_loop(self) -> None:
         while True:
@@ -385,6 +431,9 @@ class PoolClient:
             await asyncio.gather(self._health_task, return_exceptions=True)
         self._slot_listeners.clear()
         for replica in list(self.replicas.values()):
+            if replica.preparing is not None:
+                replica.preparing.cancel()
+                await asyncio.gather(replica.preparing, return_exceptions=True)
             replica.close_local()
             await replica.channel.close()
         self.replicas.clear()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import tritonclient.http as httpclient
 
+from gateway.child import free_port
 from tests.helpers import GatewayProcess, write_model
 from tests.load import Outcome, closed_loop
 
@@ -95,3 +100,60 @@ def test_canary_gets_its_share_and_promotion_moves_everyone(tmp_path: Path, demo
     assert stable_meta["versions"] == ["1", "2"]
     assert promoted == {"model": "digits", "version": "2"}
     assert all(json.loads(o.body)["model_version"] == "2" for o in after)
+
+
+def _remote_worker(port: int, root: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A worker as the Kubernetes manifests start one: it loads only the newest version by itself."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers", "--listen", f"127.0.0.1:{port}", "--model-repository", str(root)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_worker_that_starts_late_gets_every_served_version(tmp_path: Path, demo_repository: Path) -> None:
+    """Versions 1 and 2 are served; remote workers start with only version 2. The gateway loads
+    version 1 onto a worker before it takes batches, at start and again after the worker is
+    replaced (a restarted pod at the same address)."""
+    root = tmp_path / "models"
+    v1 = demo_repository / "digits_logreg" / "1" / "model.onnx"
+    write_model(root, "digits", v1.read_bytes(), {"version_policy": {"latest": 2}})
+    write_model(root, "digits", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), version=2)
+    expected = ort.InferenceSession(str(v1)).run(None, {"input": IMAGE})[1]
+    port = free_port()
+    worker = _remote_worker(port, root, tmp_path / "worker.log")
+    config = {"pools": {"default": {"replicas": 0, "endpoints": [f"127.0.0.1:{port}"]}}}
+    gateway = GatewayProcess(root, tmp_path / "gateway.log", config=config, replicas=0)
+    client = httpclient.InferenceServerClient(gateway.url)
+    tensor = httpclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(IMAGE)
+
+    def version_1() -> np.ndarray:
+        result = client.infer("digits", [tensor], model_version="1")
+        assert result.get_response()["model_version"] == "1"
+        answer: np.ndarray = result.as_numpy("probabilities")
+        return answer
+
+    ready = {"pool": "default"}
+    try:
+        gateway.wait_ready()
+        np.testing.assert_allclose(version_1(), expected, atol=1e-6)
+        worker.terminate()
+        worker.wait(10)
+        _wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 0)
+        worker = _remote_worker(port, root, tmp_path / "worker.log")
+        _wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 1, timeout_s=60)
+        np.testing.assert_allclose(version_1(), expected, atol=1e-6)
+    finally:
+        gateway.stop()
+        worker.terminate()
+        worker.wait(10)
+    assert "loading digits:1 on 127.0.0.1" in (tmp_path / "gateway.log").read_text()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
