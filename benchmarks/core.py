@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         "mlp_xl": bodies(XL_WIDTHS[0], work, "mlp_xl"),
     }
     rows: list[Row] = []
+    capacity_check: dict[str, float] = {}
 
     def run(
         system: str, server: Any, port: int, model: str, protocol: str, count: int = 0, rate: float = 0.0,
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                 1,
                 stats_port=port,
             )
-        capacity = max(r.items_per_s for r in rows if r.model == "mlp" and r.protocol == "binary")
+        peak = max((r for r in rows if r.model == "mlp" and r.protocol == "binary"), key=lambda r: r.items_per_s)
+        capacity = peak.items_per_s
         rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
         print(f"open loop at {rates} /s, each rate against a fixed queue delay (adaptive: false) ...", flush=True)
         fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
@@ -287,6 +289,14 @@ def main(argv: list[str] | None = None) -> None:
                     for system, process, at in pair if turn % 2 == 0 else pair[::-1]:
                         run(system, process, at, "mlp", "binary", rate=rate)
                     turn += 1
+                if rate == rates[0]:
+                    # The machine's speed drifts: was the rate still that share of the capacity?
+                    again = measure(
+                        "batchgate", gateway.process, port, "mlp", "binary", payloads["mlp"]["binary"], peak.users,
+                        args.duration, args.warmup, stats_port=port,
+                    )  # fmt: skip
+                    capacity_check = {"before": capacity, "after": again.items_per_s, "rate": rate}
+                    print(f"  capacity again after the {rate}/s runs: {again.items_per_s:.0f} items/s", flush=True)
         finally:
             fixed.stop()
     finally:
@@ -367,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "duration": args.duration,
         "warmup": args.warmup,
         "peers": "; ".join(peer_notes) + ".",
+        "capacity_check": capacity_check,
     }
     text = markdown(raw, latency, rows, meta, rounds)
     (args.out / "core.md").write_text(text)

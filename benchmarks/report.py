@@ -186,6 +186,17 @@ def targets(
     return out
 
 
+def _capacity_check(check: dict[str, float]) -> list[str]:
+    """Whether the open-loop rate was still its share of the capacity once those runs were done."""
+    if not check:
+        return []
+    before, after, rate = check["before"], check["after"], check["rate"]
+    return [
+        f"- capacity (peak `mlp` binary items/s) {before:.0f} before the open-loop runs and {after:.0f} right after "
+        f"those at {rate:.0f}/s: that rate was {rate / before:.0%} of the first and {rate / after:.0%} of the second"
+    ]
+
+
 def markdown(
     raw: list[dict[str, Any]],
     latency: dict[str, float],
@@ -207,6 +218,7 @@ def markdown(
         "## Targets (issue 8)",
         "",
         *targets(raw, latency, rows, rounds),
+        *_capacity_check(meta.get("capacity_check") or {}),
         "",
     ]
     if rounds:

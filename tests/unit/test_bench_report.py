@@ -35,3 +35,12 @@ def test_target_4_fails_an_overloaded_run_whatever_its_ratio() -> None:
     overloaded = _open("batchgate", 10.0, 20.0)
     overloaded.errors = 5_000
     assert "NOT met (overloaded: 7% of requests failed)" in _target4([overloaded])
+
+
+def test_capacity_check_says_what_share_the_rate_really_was() -> None:
+    from benchmarks.report import _capacity_check
+
+    assert _capacity_check({}) == []
+    (line,) = _capacity_check({"before": 10_000.0, "after": 8_000.0, "rate": 7_000.0})
+    assert "10000 before" in line and "8000 right after" in line
+    assert "70% of the first and 88% of the second" in line
