@@ -46,6 +46,9 @@ class ModelManager:
         self.models: dict[str, RepositoryModel] = {}
         self.unloaded: set[str] = set()
         self.failures: dict[str, str] = {}
+        # Versions being loaded onto the workers, not yet routed to: a worker that starts
+        # meanwhile must get them too. (pool name, version)
+        self._staging: list[tuple[str, ModelVersion]] = []
         self._lock = asyncio.Lock()
 
     def pool_for(self, name: str) -> PoolClient:
@@ -79,8 +82,9 @@ class ModelManager:
         return min(slos, default=100.0) / 1000
 
     def pool_models(self, pool_name: str) -> list[ModelVersion]:
-        """The model files a (re)started worker of this pool must load."""
-        return [ModelVersion(s.name, s.version, s.path) for s in self.router.all_served() if s.pool.name == pool_name]
+        """The model files a (re)started worker of this pool must load, those being rolled out included."""
+        served = [ModelVersion(s.name, s.version, s.path) for s in self.router.all_served() if s.pool.name == pool_name]
+        return served + [version for pool, version in self._staging if pool == pool_name and version not in served]
 
     # -- repository index -------------------------------------------------------------------
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -132,6 +136,7 @@ class ModelManager:
                         continue
                     staged = self._stage(model, version)
                     added.append(staged)
+                    self._staging.append((model.config.pool, version))
                     await self._load_on_workers(model, version)
                     signature = await staged.pool.signature(model.name, version.version)
                     staged.signature = signature
@@ -141,6 +146,8 @@ class ModelManager:
                 for served in added:
                     await self._retire(served)
                 raise
+            finally:
+                self._staging = [(pool, v) for pool, v in self._staging if v.name != name]
             for served in added:
                 self.router.add(served)
             self.models[name] = model
@@ -210,7 +217,8 @@ class ModelManager:
 
     async def _load_on_workers(self, model: RepositoryModel, version: ModelVersion) -> None:
         pool = self.pool_for(model.config.pool)
-        replicas = [r for r in pool.replicas.values() if r.ready]
+        # Those still being prepared too: they may have read what to load before this version.
+        replicas = [r for r in pool.replicas.values() if r.ready or r.preparing is not None]
         if not replicas:
             raise BatchgateError(f"pool {pool.name} has no ready replica to load '{model.name}' on")
         param = service_pb2.ModelRepositoryParameter
