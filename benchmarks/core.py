@@ -7,7 +7,8 @@ In this order:
    HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%,
    30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
    batcher waits the full queue delay (``adaptive: false``), the two alternating
-   ``--open-rounds`` times (target 4 compares the runs with the median p99); then ``mlp_xl`` at 64 users,
+   ``--open-rounds`` times (target 4 takes the median of the runs' p99/p50), and the capacity measured
+   again after the 70% runs; then ``mlp_xl`` at 64 users,
    right after its own raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
