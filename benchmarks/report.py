@@ -52,8 +52,7 @@ def median_run(rows: list[Row], system: str, rate: float) -> Row | None:
 
 def tail_ratios(rows: list[Row], system: str, rate: float) -> list[float]:
     """p99/p50 of each open-loop run of ``system`` at ``rate``, smallest first."""
-    runs = [r for r in rows if r.system == system and r.rate == rate and r.p50_ms and r.p99_ms]
-    return sorted(r.p99_ms / r.p50_ms for r in runs if r.p99_ms and r.p50_ms)
+    return sorted(r.p99_ms / r.p50_ms for r in rows if r.system == system and r.rate == rate and r.p50_ms and r.p99_ms)
 
 
 def rounds_table(rounds: list[Row]) -> list[str]:

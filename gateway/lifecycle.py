@@ -47,8 +47,8 @@ class ModelManager:
         self.unloaded: set[str] = set()
         self.failures: dict[str, str] = {}
         # Versions being loaded onto the workers, not yet routed to: a worker that starts
-        # meanwhile must get them too. (pool name, version)
-        self._staging: list[tuple[str, ModelVersion]] = []
+        # meanwhile must get them too.
+        self._staging: list[ServedModel] = []
         self._lock = asyncio.Lock()
 
     def pool_for(self, name: str) -> PoolClient:
@@ -83,8 +83,8 @@ class ModelManager:
 
     def pool_models(self, pool_name: str) -> list[ModelVersion]:
         """The model files a (re)started worker of this pool must load, those being rolled out included."""
-        served = [ModelVersion(s.name, s.version, s.path) for s in self.router.all_served() if s.pool.name == pool_name]
-        return served + [version for pool, version in self._staging if pool == pool_name and version not in served]
+        every = (*self.router.all_served(), *self._staging)
+        return [ModelVersion(s.name, s.version, s.path) for s in every if s.pool.name == pool_name]
 
     # -- repository index -------------------------------------------------------------------
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -136,7 +136,7 @@ class ModelManager:
                         continue
                     staged = self._stage(model, version)
                     added.append(staged)
-                    self._staging.append((model.config.pool, version))
+                    self._staging.append(staged)
                     await self._load_on_workers(model, version)
                     signature = await staged.pool.signature(model.name, version.version)
                     staged.signature = signature
@@ -147,7 +147,7 @@ class ModelManager:
                     await self._retire(served)
                 raise
             finally:
-                self._staging = [(pool, v) for pool, v in self._staging if v.name != name]
+                self._staging.clear()  # one load at a time (the lock): these were all this model's
             for served in added:
                 self.router.add(served)
             self.models[name] = model
