@@ -21,6 +21,17 @@ from workers.v2grpc import array_from_raw, array_to_raw, element_count
 RESERVED_PARAMETERS = ("binary_data_output", "priority", "timeout")
 
 
+def json_object(body: bytes | memoryview) -> dict[str, Any]:
+    """A request body that must hold one JSON object; anything else is a 400 saying why."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return doc
+
+
 def _mapping(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -75,9 +86,16 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, m
         array[:] = [item.encode("utf-8") for item in flat]
     else:
         try:
-            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+            with np.errstate(over="ignore"):  # overflow is refused below, with the input named
+                array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
+        # numpy turns null into NaN (and into False for BOOL) and out-of-range floats into
+        # infinity without complaint; JSON itself can carry neither, so either means bad data.
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input '{name}': {datatype} data must be numbers within the type's range (no nulls)")
+        if datatype == "BOOL" and not all(isinstance(item, bool) for item in _flatten(data)):
+            raise InvalidInput(f"input '{name}': BOOL data must be true or false")
     if array.size != count:
         raise InvalidInput(f"input '{name}': data has {array.size} elements but shape {list(shape)} needs {count}")
     return array.reshape(shape)
@@ -94,12 +112,7 @@ def decode_request(
         binary = memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object")
+    doc = json_object(header)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty 'inputs' list")

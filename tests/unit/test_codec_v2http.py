@@ -25,6 +25,12 @@ def test_json_data_flat_or_nested() -> None:
         ("FP32", [[1, 2], [3]], "FP32"),
         ("BYTES", [1], "strings"),
         ("INT8", [1, 2], "elements"),
+        ("FP32", [None], "no nulls"),
+        ("FP32", [1e39], "range"),
+        ("FP16", [70000.0], "range"),
+        ("INT32", [None], "INT32"),
+        ("BOOL", [None], "true or false"),
+        ("BOOL", [2], "true or false"),
     ],
 )
 def test_json_data_errors_name_the_input(datatype: str, data: object, fragment: str) -> None:
