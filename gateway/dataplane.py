@@ -7,10 +7,11 @@ the gRPC front parses them into the protobuf messages of the same shape.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from gateway import __version__
-from gateway.errors import Unavailable
+from gateway.errors import InvalidInput, Unavailable
 from gateway.lifecycle import ModelManager
 from gateway.router import Router, ServedModel
 
@@ -131,7 +132,19 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.manager.index(ready_only)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameters: Iterable[str] = ()) -> None:
+        """(Re)load ``name`` from the repository; ``parameters`` are the load request's keys.
+
+        A config override or model files sent with the request (tritonclient's
+        ``load_model(config=..., files=...)``) are refused rather than ignored: the
+        caller would otherwise believe them applied.
+        """
+        sent = [key for key in parameters if key == "config" or key.startswith("file:")]
+        if sent:
+            raise InvalidInput(
+                f"load of {name}: batchgate loads models only from the repository, so {', '.join(sorted(sent))} "
+                f"cannot be sent with the request; change the model's folder and load again"
+            )
         await self.manager.load(name)
 
     def promote(self, name: str) -> str:

@@ -161,7 +161,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
             self.check(context, admin=True)
-            await self.dataplane.load(request.model_name)
+            await self.dataplane.load(request.model_name, request.parameters.keys())
             return service_pb2.RepositoryModelLoadResponse()
 
         return await _guard(context, call)

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.codec.v2http import error_body
+from gateway.codec.v2http import error_body, json_object
 from gateway.config import LimitsConfig
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError, InvalidInput, NotFound
@@ -75,26 +75,26 @@ class RestAPI:
         params = request.path_params
         return _json(self.dataplane.statistics(params.get("model", ""), params.get("version", "")))
 
+    async def _object(self, request: Request, limit: int) -> dict[str, Any]:
+        """The body as a JSON object; an empty body is an empty object."""
+        body = await self._read(request, limit)
+        return json_object(body) if body.strip() else {}
+
     async def repository_index(self, request: Request) -> Response:
-        body = await self._read(request, 64 * 1024)
-        ready_only = False
-        if body.strip():
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-            if not isinstance(doc, dict):
-                raise InvalidInput("request body must be a JSON object")
-            ready_only = bool(doc.get("ready", False))
-        return _json(self.dataplane.repository_index(ready_only))
+        doc = await self._object(request, 64 * 1024)
+        return _json(self.dataplane.repository_index(bool(doc.get("ready", False))))
 
     async def load(self, request: Request) -> Response:
-        await self._read(request, 64 * 1024)
-        await self.dataplane.load(request.path_params["model"])
+        # Large enough to read, and refuse by name, the model files tritonclient can attach.
+        doc = await self._object(request, 16 * 1024 * 1024)
+        parameters = doc.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        await self.dataplane.load(request.path_params["model"], parameters)
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
-        await self._read(request, 64 * 1024)
+        await self._object(request, 64 * 1024)
         await self.dataplane.unload(request.path_params["model"])
         return Response(status_code=200)
 

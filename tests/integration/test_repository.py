@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,25 @@ def test_new_version_swaps_in_and_a_corrupt_one_is_refused(own_gateway: tuple[Ga
     with pytest.raises(InferenceServerException) as info:
         client.load_model("no_such_model")
     assert info.value.status() == "404"
+
+
+def test_a_config_override_or_files_sent_with_a_load_are_refused_not_ignored(gateway: GatewayProcess) -> None:
+    """tritonclient can attach a config and model files to a load; batchgate loads only
+    from the repository, so it must say so instead of answering 200 as if it had used them."""
+    client = httpclient.InferenceServerClient(gateway.url)
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("identity", config='{"max_batch_size": 4}')
+    assert info.value.status() == "400" and "config" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("identity", config="{}", files={"file:1/model.onnx": b"not a model"})
+    assert info.value.status() == "400" and "file:1/model.onnx" in info.value.message()
+    grpc_client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.load_model("identity", config='{"max_batch_size": 4}')
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "config" in info.value.message()
+    for body in (b"{", b"[]"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            gateway.get_post("/v2/repository/models/identity/load", body)
+        assert refused.value.code == 400 and "error" in json.loads(refused.value.read())
+    assert client.get_model_config("identity")["max_batch_size"] == 16  # nothing was applied
+    assert client.is_model_ready("identity")
