@@ -45,6 +45,8 @@ def decode_request(request: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> Infer
         elements = count_elements(elements, shape, name, limits.max_elements)
         try:
             if raw:
+                if tensor.HasField("contents"):  # which of the two to compute on would be a guess
+                    raise InvalidInput(f"input '{name}': has both contents and raw_input_contents; send one")
                 data = array_from_raw(tensor.datatype, shape, raw[index])
             else:
                 data = array_from_contents(tensor.datatype, shape, tensor.contents)

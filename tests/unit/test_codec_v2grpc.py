@@ -32,3 +32,10 @@ def test_declared_elements_over_the_limit_are_refused_before_decoding() -> None:
 def test_negative_dimensions_are_400() -> None:
     with pytest.raises(InvalidInput, match="negative"):
         decode_request(_request([-1, 4], b""))
+
+
+def test_contents_and_raw_contents_together_are_400() -> None:
+    request = _request([1, 2], np.zeros(2, dtype=np.float32).tobytes())
+    request.inputs[0].contents.fp32_contents.extend([1.0, 2.0])
+    with pytest.raises(InvalidInput, match="both contents and raw_input_contents"):
+        decode_request(request)
