@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.dtypes import is_float
+
 PROFILE_FILE = "profile.json"
 EPSILON = 1e-4
 
@@ -139,7 +141,7 @@ class OutputMonitor:
             self.labels.extend(int(v) for v in label.reshape(-1))
         else:
             first = next(iter(outputs.values()))
-            if first.dtype.kind == "f" and first.size:
+            if is_float(first.dtype) and first.size:
                 self.means.append(float(first.mean()))
 
     def summary(self) -> dict[str, Any]:

@@ -21,13 +21,15 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_repository(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Path:
-    """The demo classifiers plus an identity model over every datatype."""
+    """The demo classifiers plus identity models over every datatype."""
     root = tmp_path_factory.mktemp("serving") / "models"
     for name in ("digits_mlp", "digits_logreg"):
         source = demo_repository / name
         write_model(root, name, (source / "1" / "model.onnx").read_bytes())
         (root / name / "config.yaml").write_text((source / "config.yaml").read_text())
     write_model(root, "identity", identity_model(), {"batching": {"max_batch_size": 16}})
+    # BF16 needs its own model: ONNX Runtime cannot run it next to string inputs from Python.
+    write_model(root, "identity_bf16", identity_model(["BF16", "FP32"]), {"batching": {"max_batch_size": 16}})
     return root
 
 

@@ -49,6 +49,7 @@ def identity_model(types: list[str] = IDENTITY_TYPES, width: int = 3) -> bytes:
         "FP16": TensorProto.FLOAT16,
         "FP32": TensorProto.FLOAT,
         "FP64": TensorProto.DOUBLE,
+        "BF16": TensorProto.BFLOAT16,
         "BYTES": TensorProto.STRING,
     }
     inputs = [helper.make_tensor_value_info(f"in_{t}", onnx_type[t], ["batch", width]) for t in types]

@@ -11,8 +11,12 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import numpy.typing as npt
+
+# numpy has no bfloat16; ml_dtypes' is the one tritonclient hands out and takes for BF16.
+BF16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -27,6 +31,7 @@ V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BF16": BF16,
     "BYTES": np.dtype(np.object_),
 }
 
@@ -48,6 +53,11 @@ ORT_TO_V2: dict[str, str] = {
 }
 
 _LEN = struct.Struct("<I")
+
+
+def is_float(dtype: np.dtype[Any]) -> bool:
+    """Floating point, bfloat16 included (numpy files ml_dtypes' types under kind 'V')."""
+    return dtype.kind == "f" or dtype == BF16
 
 
 def serialize_bytes(array: npt.NDArray[np.object_]) -> bytes:

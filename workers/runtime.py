@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.dtypes import ORT_TO_V2, V2_TO_NUMPY
+from workers.dtypes import BF16, ORT_TO_V2, V2_TO_NUMPY
 
 log = logging.getLogger("batchgate.worker")
 
@@ -93,6 +95,19 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, datatype, shape)
 
 
+ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
+
+
+def _host_array(value: Any) -> npt.NDArray[Any]:
+    """numpy array of an OrtValue in host memory; ``OrtValue.numpy()`` has no bfloat16."""
+    if value.data_type() != "tensor(bfloat16)":
+        array: npt.NDArray[Any] = value.numpy()
+        return array
+    shape = value.shape()
+    raw = ctypes.string_at(value.data_ptr(), BF16.itemsize * math.prod(shape))
+    return np.frombuffer(raw, dtype=BF16).reshape(shape)
+
+
 class LoadedModel:
     """One ONNX Runtime session for one model version, with its signature."""
 
@@ -111,6 +126,14 @@ class LoadedModel:
         # once, instead of the allocations and synchronisations of a plain run per call. It
         # works on CPU too (tests exercise it there); BYTES tensors always take the plain path.
         self.io_binding = self.on_gpu
+        # numpy arrays cannot carry bfloat16 into or out of ONNX Runtime's plain run, and the
+        # way round it (IO binding) cannot bind strings.
+        self._bfloat16 = any(spec.datatype == "BF16" for spec in self.inputs + self.outputs)
+        if self._bfloat16 and any(spec.datatype == "BYTES" for spec in self.inputs):
+            raise ValueError(
+                f"{name}:{version} has both BF16 tensors and string inputs, which ONNX Runtime's Python API "
+                "cannot run together; cast the BF16 tensors to FP32 or FP16 in the model"
+            )
         self._device = "cuda" if self.on_gpu else "cpu"
         self._input_names = {spec.name for spec in self.inputs}
         self._output_names = [spec.name for spec in self.outputs]
@@ -125,6 +148,8 @@ class LoadedModel:
         """Run the session; at most ``concurrency`` runs at a time, so threads do not oversubscribe cores."""
         names = list(output_names) if output_names else self._output_names
         with self._runs:
+            if self._bfloat16:
+                return self._run_bfloat16(feeds, names)
             if self.io_binding and not any(array.dtype == object for array in feeds.values()):
                 return self._run_bound(feeds, names)
             result: list[npt.NDArray[Any]] = self.session.run(names, feeds)
@@ -139,6 +164,23 @@ class LoadedModel:
         self.session.run_with_iobinding(binding)
         outputs: list[npt.NDArray[Any]] = binding.copy_outputs_to_cpu()
         return outputs
+
+    def _run_bfloat16(self, feeds: dict[str, npt.NDArray[Any]], names: list[str]) -> list[npt.NDArray[Any]]:
+        """Bind BF16 inputs as ONNX Runtime values over their 16-bit patterns, and read every
+        output back from host memory (bound to the CPU, so this holds on a GPU too)."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            if array.dtype == BF16:
+                bits = np.ascontiguousarray(array).view(np.uint16)
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, ONNX_BFLOAT16))
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return [_host_array(value) for value in binding.get_outputs()]
 
     def warm_up(self, rows: Sequence[int] = (1, 8)) -> None:
         """Run zeros through the model so the first real request does not pay for allocation."""

@@ -15,7 +15,7 @@ import orjson
 from gateway.codec import DEFAULT_LIMITS, DecodeLimits, count_elements
 from gateway.errors import InvalidInput
 from gateway.types import Array, InferRequest, InferResponse, InputTensor, RequestedOutput
-from workers.dtypes import V2_TO_NUMPY
+from workers.dtypes import BF16, V2_TO_NUMPY, is_float
 from workers.v2grpc import array_from_raw, array_to_raw, element_count
 
 RESERVED_PARAMETERS = ("binary_data_output", "priority", "timeout")
@@ -92,7 +92,7 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, m
             raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
         # numpy turns null into NaN (and into False for BOOL) and out-of-range floats into
         # infinity without complaint; JSON itself can carry neither, so either means bad data.
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if is_float(array.dtype) and not np.isfinite(array).all():
             raise InvalidInput(f"input '{name}': {datatype} data must be numbers within the type's range (no nulls)")
         if datatype == "BOOL" and not all(isinstance(item, bool) for item in _flatten(data)):
             raise InvalidInput(f"input '{name}': BOOL data must be true or false")
@@ -189,6 +189,8 @@ def _json_data(array: Array) -> Any:
     flat = array.reshape(-1)
     if array.dtype == np.object_:
         return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat]
+    if array.dtype == BF16:  # orjson knows numpy's own types only; float32 holds any bfloat16 exactly
+        flat = flat.astype(np.float32)
     return np.ascontiguousarray(flat)
 
 

@@ -31,6 +31,8 @@ def test_json_data_flat_or_nested() -> None:
         ("INT32", [None], "INT32"),
         ("BOOL", [None], "true or false"),
         ("BOOL", [2], "true or false"),
+        ("BF16", [3.5e38], "range"),
+        ("BF16", [None], "BF16"),
     ],
 )
 def test_json_data_errors_name_the_input(datatype: str, data: object, fragment: str) -> None:
@@ -127,3 +129,11 @@ def test_data_nested_deeper_than_the_limit_is_400() -> None:
     with pytest.raises(InvalidInput) as info:  # past the parser's own limit: still a 400, never a crash
         decode_request("m", "", b'{"inputs": [{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", None)
     assert "not valid JSON" in info.value.message
+
+
+def test_json_bf16_rounds_to_the_nearest_bfloat16() -> None:
+    import ml_dtypes
+
+    array = json_to_array("x", "BF16", (3,), [1.0, 1 / 3, 1.00390625])  # the last is a tie: to even, 1.0
+    assert array.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(array.astype(np.float32), np.float32([1.0, 0.333984375, 1.0]))

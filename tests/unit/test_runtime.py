@@ -86,3 +86,30 @@ def test_concurrent_runs_share_one_session_up_to_the_limit(tmp_path: Path, concu
         runner.join(10)
     assert len(results) == 2
     assert all(result[0].shape == (3, 4) for result in results)
+
+
+def test_bf16_tensors_run_through_ort_values_and_come_back_as_bfloat16(tmp_path: Path) -> None:
+    import ml_dtypes
+
+    from tests.helpers import identity_model
+    from workers.runtime import load_model
+
+    path = tmp_path / "bf16.onnx"
+    path.write_bytes(identity_model(["BF16", "FP32"]))
+    model = load_model("bf16", "1", path, threads=1, providers=["cpu"])
+    assert [spec.datatype for spec in model.outputs] == ["BF16", "FP32"]
+    values = np.array([[1.0, 1 / 3, -2.5e30]], dtype=ml_dtypes.bfloat16)
+    bf16, fp32 = model.run({"in_BF16": values, "in_FP32": np.ones((1, 3), np.float32)})
+    assert bf16.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(bf16, values)
+    np.testing.assert_array_equal(fp32, np.ones((1, 3), np.float32))
+
+
+def test_a_model_with_bf16_and_string_inputs_is_refused_at_load_with_the_reason(tmp_path: Path) -> None:
+    from tests.helpers import identity_model
+    from workers.runtime import load_model
+
+    path = tmp_path / "mixed.onnx"
+    path.write_bytes(identity_model(["BF16", "BYTES"]))
+    with pytest.raises(ValueError, match="both BF16 tensors and string inputs"):
+        load_model("mixed", "1", path, threads=1, providers=["cpu"])
