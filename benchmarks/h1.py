@@ -2,13 +2,15 @@
 connection, parsed in the protocol's callback (no stream reader, no task per request).
 
 Answers need a ``Content-Length`` (every server the benchmark measures sends one); a call
-answers whether the status was 200.
+answers with the status code, or :data:`NOT_SENT` when the pool had no connection for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import cast
+
+NOT_SENT = -1  # the open-loop pool was at its connection limit: counted, never silently dropped
 
 
 class Connection(asyncio.Protocol):
@@ -19,9 +21,9 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.answer: asyncio.Future[bool] | None = None
+        self.answer: asyncio.Future[int] | None = None
         self.body_left: int | None = None  # body bytes still due after the head, None while reading a head
-        self.status_ok = False
+        self.status = 0
         self.last = False  # the server said Connection: close
         self.closed: Exception | None = None
 
@@ -39,7 +41,7 @@ class Connection(asyncio.Protocol):
             self.answer.set_exception(self.closed)
         self.answer = None
 
-    def call(self) -> asyncio.Future[bool]:
+    def call(self) -> asyncio.Future[int]:
         if self.closed is not None or self.transport is None:
             raise ConnectionResetError(f"connection closed: {self.closed}")
         if self.answer is not None:
@@ -58,7 +60,8 @@ class Connection(asyncio.Protocol):
                     return
                 head = bytes(buffer[:end])
                 del buffer[: end + 4]
-                self.status_ok = head[9:12] == b"200"
+                code = head[9:12]
+                self.status = int(code) if code.isdigit() else 0
                 self.body_left = 0
                 for line in head.split(b"\r\n")[1:]:
                     name = line[:15].lower()
@@ -75,7 +78,7 @@ class Connection(asyncio.Protocol):
                 self.closed = ConnectionResetError("the server asked to close the connection")
                 self.close()
             if answer is not None and not answer.done():
-                answer.set_result(self.status_ok)
+                answer.set_result(self.status)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -96,18 +99,18 @@ class Pool:
         self.opened = 0
         self.opening: set[asyncio.Task[None]] = set()
 
-    def send(self) -> asyncio.Future[bool]:
-        result: asyncio.Future[bool] = self.loop.create_future()
+    def send(self) -> asyncio.Future[int]:
+        result: asyncio.Future[int] = self.loop.create_future()
         if self.idle:
             self._use(self.idle.pop(), result, reused=True)
         elif self.opened < self.limit:
             self.opened += 1
             self._open_then_use(result)
         else:
-            result.set_result(False)
+            result.set_result(NOT_SENT)
         return result
 
-    def _open_then_use(self, result: asyncio.Future[bool]) -> None:
+    def _open_then_use(self, result: asyncio.Future[int]) -> None:
         async def opening() -> None:
             try:
                 connection = await Connection.open(self.host, self.port, self.request)
@@ -120,8 +123,8 @@ class Pool:
         self.opening.add(task)
         task.add_done_callback(self.opening.discard)
 
-    def _use(self, connection: Connection, result: asyncio.Future[bool], reused: bool) -> None:
-        def answered(answer: asyncio.Future[bool]) -> None:
+    def _use(self, connection: Connection, result: asyncio.Future[int], reused: bool) -> None:
+        def answered(answer: asyncio.Future[int]) -> None:
             error = answer.exception()
             if error is None:
                 if connection.closed is None:

@@ -5,7 +5,8 @@ of a core at 3,000 calls/s taken from the server it measures (the HTTP generator
 about 23 µs). This speaks just enough HTTP/2 (RFC 9113) for unary calls with one
 pre-serialized request message: the request header block is encoded once, each call
 writes it and the message with a new stream id, and an answer counts as a success only
-when its trailers carry ``grpc-status: 0``. The response message itself is not parsed.
+when its trailers carry ``grpc-status: 0``. The response message itself is not parsed; a
+call answers with the grpc-status, or :data:`NO_STATUS` when the stream ended without one.
 
 It announces a zero-sized HPACK dynamic table, so the server's header blocks carry no
 state from one to the next and only the trailers need reading. A header string it cannot
@@ -47,6 +48,7 @@ from gateway.grpc_api.h2server import (
 )
 
 STATUS_NAME = b"grpc-status"
+NO_STATUS = -1  # no trailers, or the stream was reset
 
 
 def hpack_string(value: bytes) -> bytes:
@@ -118,7 +120,7 @@ def grpc_status(block: bytes) -> int | None:
 
 
 class Connection(asyncio.Protocol):
-    """Unary calls multiplexed over one HTTP/2 connection; ``call`` answers whether grpc-status was 0."""
+    """Unary calls multiplexed over one HTTP/2 connection; ``call`` answers with the grpc-status."""
 
     def __init__(self, authority: str, method_path: str, message: bytes) -> None:
         body = b"\x00" + struct.pack(">I", len(message)) + message  # gRPC length-prefixed message
@@ -127,7 +129,7 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.next_stream = 1
-        self.calls: dict[int, asyncio.Future[bool]] = {}
+        self.calls: dict[int, asyncio.Future[int]] = {}
         self.header_parts: dict[int, tuple[bool, bytearray]] = {}  # stream -> (ends it, block so far)
         self.buffer = bytearray()
         self.send_window = DEFAULT_WINDOW  # the connection's; the server grants more
@@ -135,7 +137,7 @@ class Connection(asyncio.Protocol):
         self.max_frame = DEFAULT_FRAME
         self.max_streams = 1 << 30
         self.blocked: collections.deque[tuple[int, bytes]] = collections.deque()  # (size, frames) awaiting window
-        self.waiting: collections.deque[asyncio.Future[bool]] = collections.deque()  # calls over max_streams
+        self.waiting: collections.deque[asyncio.Future[int]] = collections.deque()  # calls over max_streams
         self.received = 0
         self.closed: Exception | None = None
 
@@ -167,18 +169,18 @@ class Connection(asyncio.Protocol):
                 waiter.set_exception(exc)
         self.waiting.clear()
 
-    def call(self) -> asyncio.Future[bool]:
-        """Start one call; its future answers whether grpc-status was 0."""
+    def call(self) -> asyncio.Future[int]:
+        """Start one call; its future answers with the grpc-status (0 is OK)."""
         if self.closed is not None:
             raise ConnectionResetError(f"connection closed: {self.closed}")
-        answer: asyncio.Future[bool] = self.loop.create_future()
+        answer: asyncio.Future[int] = self.loop.create_future()
         if len(self.calls) >= self.max_streams:
             self.waiting.append(answer)  # started when a stream finishes
         else:
             self._start(answer)
         return answer
 
-    def _start(self, answer: asyncio.Future[bool]) -> None:
+    def _start(self, answer: asyncio.Future[int]) -> None:
         stream = self.next_stream
         self.next_stream += 2
         self.calls[stream] = answer
@@ -224,7 +226,7 @@ class Connection(asyncio.Protocol):
                 self.transport.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
                 self.received = 0
             if flags & END_STREAM:
-                self._finish(stream, False)  # a message without trailers is not a gRPC answer
+                self._finish(stream, NO_STATUS)  # a message without trailers is not a gRPC answer
         elif kind in (HEADERS, CONTINUATION):
             if kind == HEADERS:
                 payload = header_fragment(flags, payload) or b""  # a malformed one reads as no grpc-status
@@ -236,9 +238,10 @@ class Connection(asyncio.Protocol):
             if flags & END_HEADERS:
                 del self.header_parts[stream]
                 if entry[0]:  # the trailers (or a trailers-only answer); other header blocks say nothing we need
-                    self._finish(stream, grpc_status(bytes(entry[1])) == 0)
+                    status = grpc_status(bytes(entry[1]))
+                    self._finish(stream, NO_STATUS if status is None else status)
         elif kind == RST_STREAM:
-            self._finish(stream, False)
+            self._finish(stream, NO_STATUS)
         elif kind == SETTINGS and not flags & ACK:
             self._settings(payload)
         elif kind == PING and not flags & ACK:
@@ -264,10 +267,10 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(frame(SETTINGS, ACK, 0, b""))
 
-    def _finish(self, stream: int, ok: bool) -> None:
+    def _finish(self, stream: int, status: int) -> None:
         call = self.calls.pop(stream, None)
         if call is not None and not call.done():
-            call.set_result(ok)
+            call.set_result(status)
         while self.waiting and len(self.calls) < self.max_streams:
             waiter = self.waiting.popleft()
             if not waiter.done():

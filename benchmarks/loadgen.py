@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import json
 import os
@@ -24,43 +25,60 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import h1
-from benchmarks.h2grpc import Connection
+from benchmarks.h2grpc import NO_STATUS, Connection
 
-Send = Callable[[], "asyncio.Future[bool]"]
+Send = Callable[[], "asyncio.Future[int]"]
+CLOSED = "connection closed"  # the server closed or refused the connection
+
+
+def code_name(code: int, grpc: bool) -> str:
+    """How an answer that was not OK is reported: the status, or why there was none."""
+    if grpc:
+        return "no grpc-status" if code == NO_STATUS else f"grpc-status {code}"
+    return "not sent: connection limit" if code == h1.NOT_SENT else f"HTTP {code}"
+
+
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 class Window:
     """Shared budget and results of one run."""
 
-    def __init__(self, warm_until: float, stop_at: float, max_requests: int) -> None:
+    def __init__(self, warm_until: float, stop_at: float, max_requests: int, grpc: bool = False) -> None:
         self.warm_until = warm_until
         self.stop_at = stop_at
         self.budget = max_requests
+        self.grpc = grpc
+        self.ok_code = 0 if grpc else 200
         self.latencies: list[float] = []
-        self.errors = 0
+        self.errors: collections.Counter[str] = collections.Counter()  # what each failed answer was
 
-    async def loop(self, send: Callable[[], Awaitable[bool]]) -> None:
+    def error(self, code: int | None) -> None:
+        """Count one failed answer: its status, or None when the connection was lost."""
+        self.errors[CLOSED if code is None else code_name(code, self.grpc)] += 1
+
+    async def loop(self, send: Callable[[], Awaitable[int]]) -> None:
         while self.budget > 0:
             started = time.perf_counter()
             if started >= self.stop_at:
                 return
             self.budget -= 1
+            code: int | None
             try:
-                ok = await send()
+                code = await send()
             except OSError:  # the server closed the connection (or refused a new one): an error, counted
-                ok = False
+                code = None
             if started >= self.warm_until:
-                if ok:
+                if code == self.ok_code:
                     self.latencies.append(time.perf_counter() - started)
                 else:
-                    self.errors += 1
+                    self.error(code)
 
 
 async def _http_user(window: Window, host: str, port: int, request: bytes) -> None:
     connection = await h1.Connection.open(host, port, request)
 
-    async def send() -> bool:
+    async def send() -> int:
         nonlocal connection
         if connection.closed is not None:  # closed by the server: carry on over a new one
             connection = await h1.Connection.open(host, port, request)
@@ -79,17 +97,17 @@ async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> N
     generator's own CPU stays small next to the server's.
     """
     rng = np.random.default_rng(seed)
-    pending: set[asyncio.Future[bool]] = set()
+    pending: set[asyncio.Future[int]] = set()
 
-    def count(scheduled: float, answer: asyncio.Future[bool]) -> None:
+    def count(scheduled: float, answer: asyncio.Future[int]) -> None:
         pending.discard(answer)
         # An answer that failed (the server closed the connection) is an error, counted.
-        ok = not answer.cancelled() and answer.exception() is None and answer.result()
+        code = None if answer.cancelled() or answer.exception() is not None else answer.result()
         if scheduled >= window.warm_until:
-            if ok:
+            if code == window.ok_code:
                 window.latencies.append(time.perf_counter() - scheduled)
             else:
-                window.errors += 1
+                window.error(code)
 
     arrival = time.perf_counter()
     while window.budget > 0:
@@ -104,7 +122,7 @@ async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> N
             answer = send()
         except OSError:  # the connection is gone: an error, counted
             if arrival >= window.warm_until:
-                window.errors += 1
+                window.error(None)
             continue
         pending.add(answer)
         answer.add_done_callback(functools.partial(count, arrival))
@@ -115,7 +133,7 @@ async def open_loop(window: Window, send: Send, rate: float, seed: int = 0) -> N
 async def run(args: argparse.Namespace) -> dict[str, object]:
     body = args.body.read_bytes()
     start = time.perf_counter()
-    window = Window(start + args.warmup, start + args.warmup + args.duration, args.max_requests)
+    window = Window(start + args.warmup, start + args.warmup + args.duration, args.max_requests, args.grpc)
     cpu0 = time.process_time()
     connection = None
     if args.grpc:
@@ -147,7 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     return {
         "requests": len(array),
-        "errors": window.errors,
+        "errors": sum(window.errors.values()),
+        "error_kinds": dict(window.errors.most_common()),
         "seconds": measured,
         "rps": len(array) / measured if measured > 0 else 0.0,
         "p50_ms": percentile(50),

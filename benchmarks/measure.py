@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,12 @@ class Row:
     samples: str | None = None
     requests: int = 0  # answered 200 in the measured window (errors not included)
     rows_per_batch: float | None = None  # mean batch the server ran (its v2 statistics), if it reports them
+    error_kinds: dict[str, int] = field(default_factory=dict)  # e.g. {"HTTP 429": 12}: what the errors were
+
+    def errors_text(self) -> str:
+        """The error count, with what the errors were when there were any."""
+        kinds = "; ".join(f"{kind}: {count}" for kind, count in self.error_kinds.items())
+        return f"{self.errors} ({kinds})" if kinds else str(self.errors)
 
 
 def free_port() -> int:
@@ -198,11 +204,12 @@ def measure(
         samples=samples.name if samples is not None else None,
         requests=result["requests"],
         rows_per_batch=rows_per_batch,
+        error_kinds=result.get("error_kinds", {}),
     )
     load = f"rate={rate:.0f}/s" if rate else f"users={users:3d}"
     print(
         f"  {system:12s} {model:10s} {protocol:6s} {load}: {row.items_per_s:8.0f} items/s "
-        f"p50 {_ms(row.p50_ms)} p99 {_ms(row.p99_ms)} errors {row.errors} "
+        f"p50 {_ms(row.p50_ms)} p99 {_ms(row.p99_ms)} errors {row.errors_text()} "
         f"server CPU {row.server_cpu_pct:.0f}% loadgen CPU {row.loadgen_cpu_pct:.0f}%",
         flush=True,
     )

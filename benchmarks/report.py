@@ -249,7 +249,7 @@ def markdown(
             f"| {r.system} | {r.model} | {r.protocol} | {load} | {r.items_per_s:.0f} | "
             f"{_fmt(r.items_per_s / raw_best if raw_best else None)} | "
             f"{_fmt(r.items_per_s / peer.items_per_s if peer else None)} | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | "
-            f"{_fmt(r.p999_ms)} | {r.errors} | {_fmt(r.rows_per_batch, 1)} | {r.server_cpu_pct:.0f} | "
+            f"{_fmt(r.p999_ms)} | {r.errors_text()} | {_fmt(r.rows_per_batch, 1)} | {r.server_cpu_pct:.0f} | "
             f"{r.server_rss_mb:.0f} | "
             f"{r.loadgen_cpu_pct:.0f} |"
         )

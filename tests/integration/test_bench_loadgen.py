@@ -41,6 +41,7 @@ def test_grpc_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: P
     assert (served["requests"], served["errors"]) == (300, 0)
     refused = _loadgen(unknown, "--grpc", "--port", str(gateway.grpc_port), *load, "--max-requests", "40")
     assert (refused["requests"], refused["errors"]) == (0, 40)
+    assert refused["error_kinds"] == {"grpc-status 5": 40}  # NOT_FOUND
 
 
 @pytest.mark.parametrize("load", [["--users", "8"], ["--rate", "400"]], ids=["closed", "open"])
@@ -48,10 +49,14 @@ def test_http_answers_are_counted_by_status(gateway: GatewayProcess, tmp_path: P
     body = tmp_path / "digits.json"
     rows = np.ones((1, 64), np.float32).reshape(-1).tolist()
     body.write_text(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows}]}))
-    for model, count, expected in (("digits_mlp", 300, (300, 0)), ("no_such_model", 40, (0, 40))):
+    for model, count, expected, kinds in (
+        ("digits_mlp", 300, (300, 0), {}),
+        ("no_such_model", 40, (0, 40), {"HTTP 404": 40}),
+    ):
         path = f"/v2/models/{model}/infer"
         result = _loadgen(body, "--port", str(gateway.port), "--path", path, *load, "--max-requests", str(count))
         assert (result["requests"], result["errors"]) == expected, model
+        assert result["error_kinds"] == kinds, model
     # A server closing each connection after its answer costs reconnections, not answers.
     path = "/v2/models/digits_mlp/infer"
     closing = _loadgen(
@@ -79,3 +84,21 @@ def test_grpc_status_reads_literals_and_refuses_what_it_cannot_read() -> None:
     assert grpc_status(huffman) is None  # a Huffman-coded name is not read as grpc-status
     with pytest.raises(ValueError, match="dynamic index 62"):
         grpc_status(b"\xbe")
+
+
+def test_open_loop_arrivals_past_the_connection_limit_are_errors_saying_so(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """Arrivals that find every allowed connection busy are not sent; they must show up as
+    such, not as the server's failures (nor vanish)."""
+    body = tmp_path / "digits.json"
+    rows = np.ones((1, 64), np.float32).reshape(-1).tolist()
+    body.write_text(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows}]}))
+    path = "/v2/models/digits_mlp/infer"
+    result = _loadgen(
+        body, "--port", str(gateway.port), "--path", path, "--rate", "5000", "--max-connections", "1",
+        "--max-requests", "300",
+    )  # fmt: skip
+    assert result["requests"] + result["errors"] == 300
+    assert result["errors"] > 0
+    assert set(result["error_kinds"]) == {"not sent: connection limit"}
