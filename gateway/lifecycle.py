@@ -22,7 +22,7 @@ from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
 from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
-from gateway.pool import LOAD_TIMEOUT_S, PoolClient, error_for
+from gateway.pool import LOAD_TIMEOUT_S, PoolClient, error_for, load_request
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
 from gateway.router import Router, ServedModel
 
@@ -221,11 +221,7 @@ class ModelManager:
         replicas = [r for r in pool.replicas.values() if r.ready or r.preparing is not None]
         if not replicas:
             raise BatchgateError(f"pool {pool.name} has no ready replica to load '{model.name}' on")
-        param = service_pb2.ModelRepositoryParameter
-        request = service_pb2.RepositoryModelLoadRequest(
-            model_name=model.name,
-            parameters={"version": param(string_param=version.version), "path": param(string_param=str(version.path))},
-        )
+        request = load_request(model.name, version.version, str(version.path))
         results = await asyncio.gather(
             *(r.stub.RepositoryModelLoad(request, timeout=LOAD_TIMEOUT_S) for r in replicas), return_exceptions=True
         )

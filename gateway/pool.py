@@ -47,6 +47,15 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 Wanted = Callable[[], Iterable[tuple[str, str, str]]]
 LOAD_TIMEOUT_S = 300.0
 
+
+def load_request(name: str, version: str, path: str) -> Any:
+    """The RepositoryModelLoad that has a worker load one version from its model file."""
+    param = service_pb2.ModelRepositoryParameter
+    return service_pb2.RepositoryModelLoadRequest(
+        model_name=name, parameters={"version": param(string_param=version), "path": param(string_param=path)}
+    )
+
+
 Outputs = dict[str, Array]
 # done(outputs, worker_busy_seconds, error): exactly one of outputs / error is set.
 Done = Callable[[Outputs | None, float | None, BatchgateError | None], None]
@@ -385,7 +394,6 @@ class PoolClient:
 
     async def _prepare(self, replica: Replica) -> None:
         """Load what the replica lacks of ``wanted``, then mark it ready (it is probed again if that fails)."""
-        param = service_pb2.ModelRepositoryParameter
         try:
             missing: list[str] = []
             for name, version, path in list(self.wanted()):
@@ -395,12 +403,8 @@ class PoolClient:
                 log.info(
                     "pool %s: loading %s:%s on %s before it takes batches", self.name, name, version, replica.address
                 )
-                load = service_pb2.RepositoryModelLoadRequest(
-                    model_name=name,
-                    parameters={"version": param(string_param=version), "path": param(string_param=path)},
-                )
                 try:
-                    await replica.stub.RepositoryModelLoad(load, timeout=LOAD_TIMEOUT_S)
+                    await replica.stub.RepositoryModelLoad(load_request(name, version, path), timeout=LOAD_TIMEOUT_S)
                 except grpc.aio.AioRpcError as exc:
                     missing.append(f"{name}:{version} ({exc.details()})")
             if missing:
