@@ -57,6 +57,7 @@ if [ -n "$missing" ]; then
     echo "$missing" >&2
 fi
 "$py" - <<'PY'
+import onnx  # noqa: F401  (the check builds its models with it)
 import onnxruntime as ort
 
 import benchmarks.gpu  # noqa: F401  (the harness and the gateway it starts import cleanly)

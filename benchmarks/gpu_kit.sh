@@ -4,9 +4,10 @@
 # Run here (where pip can download), from the repository root:
 #     bash benchmarks/gpu_kit.sh [PART_MIB]
 # It downloads, for CPython 3.12 on manylinux x86-64, onnxruntime-gpu at the version the `gpu`
-# extra pins and every dependency of batchgate, then splits them into .gpu-kit/1, .gpu-kit/2, ...
-# of at most PART_MIB MiB each (default 55), for transfers capped at 64 MiB. Copy those folders
-# to the GPU machine's checkout one by one, then run there: bash benchmarks/gpu_device.sh
+# extra pins, onnx (the check builds its models with it) and every dependency of batchgate, then
+# splits them into .gpu-kit/1, .gpu-kit/2, ... of at most PART_MIB MiB each (default 55), for
+# transfers capped at 64 MiB. Copy those folders to the GPU machine's checkout one by one, then
+# run there: bash benchmarks/gpu_device.sh
 # onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; the GPU machine must have those libraries
 # (gpu_device.sh looks for them and says which are missing).
 set -euo pipefail
@@ -19,7 +20,9 @@ mkdir -p "$kit/wheels"
 "$python" - > "$kit/requirements.txt" <<'PY'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["gpu"]:
+extras = project["optional-dependencies"]
+onnx = [r for r in extras["demo"] if r.startswith("onnx")]
+for requirement in project["dependencies"] + extras["gpu"] + onnx:
     print(requirement)
 PY
 echo "gpu_kit: downloading $(wc -l < "$kit/requirements.txt") requirements and their dependencies for CPython 3.12 ..."
