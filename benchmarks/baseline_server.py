@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from workers.allocator import keep_freed_memory
 from workers.dtypes import ORT_TO_V2, V2_TO_NUMPY
 
 
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    keep_freed_memory()  # as batchgate's own processes do (workers/allocator.py)
     uvicorn.run(
         build(args.model_repository, args.threads),
         host="127.0.0.1",

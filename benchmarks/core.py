@@ -43,6 +43,7 @@ from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.report import BATCHES, markdown, plot
 from gateway.child import ChildGateway, free_port
+from workers.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
 XL_WIDTHS = (2048, 8192, 8192, 2048)
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # for the raw sweep in this process, as batchgate's processes do
     users = [int(u) for u in args.users.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("samples-*.json"):

@@ -22,6 +22,7 @@ import yaml
 from benchmarks.core import XL_WIDTHS, _gateway
 from benchmarks.measure import Row, measure, request_bodies
 from benchmarks.report import BATCHES
+from workers.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"mlp": (512, 2048, 2048, 512), "mlp_xl": XL_WIDTHS}
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tensorrt", action="store_true", help="also sweep the TensorRT EP (slow engine builds)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # for the raw sweep in this process, as batchgate's processes do
     device = device_name()
     print(f"device: {device}", flush=True)
     from gateway.demo import mlp_model

@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmarks import h1
 from benchmarks.h2grpc import NO_STATUS, Connection
+from workers.allocator import keep_freed_memory
 
 Send = Callable[[], "asyncio.Future[int]"]
 CLOSED = "connection closed"  # the server closed or refused the connection
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-requests", type=int, default=2_000_000)
     args = parser.parse_args()
+    keep_freed_memory()  # as batchgate's own processes do (workers/allocator.py)
     try:
         import uvloop
 

@@ -230,9 +230,9 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "wb") as handle:
-        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.measure import free_port, start, stop, wait_http, wait_http_post
+from workers import allocator
 
 HERE = Path(__file__).parent
 
@@ -63,7 +64,8 @@ class Peer:
         ).stdout.strip() or str(sysconfig.get_config_var("LIBDIR"))
         env_path = os.environ.get("LD_LIBRARY_PATH", "")
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{env_path}" if env_path else libdir
-        process = start(argv, work / f"{self.name}.log")
+        # The allocator setting batchgate's processes give themselves (workers/allocator.py).
+        process = start(argv, work / f"{self.name}.log", env={**os.environ, **allocator.ENVIRONMENT})
         try:
             if self.grpc:
                 wait_http(port, "/v2/health/ready", process, timeout=240)

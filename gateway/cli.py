@@ -21,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_server_config
     from gateway.rest.protocol import guarded_protocol
     from gateway.server import DrainingServer
+    from workers.allocator import keep_freed_memory
 
     overrides: dict[str, Any] = {}
     if args.model_repository is not None:
@@ -39,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_server_config(args.config, overrides)
         logs.setup(config.log_level, args.log_format)
+        keep_freed_memory()
         gateway = Gateway(config)
     except ConfigError as exc:
         print(f"batchgate: configuration error:\n{exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from workers.allocator import keep_freed_memory
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
 from workers.servicer import Faults, WorkerServicer
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.batch_scheduling:
         batch_scheduling()
+    keep_freed_memory()
     specs = list(args.model)
     if args.model_repository:
         specs.extend(scan_repository(args.model_repository))
