@@ -44,7 +44,9 @@ class BatchingConfig(_Frozen):
     priority_levels: int = Field(2, ge=1, le=16, description="Number of priority levels (1 = highest).")
     default_priority: int = Field(0, ge=0, description="Level for requests sending priority 0; 0 = lowest.")
     shed_over_slo: bool = Field(
-        True, description="Answer 429 at once when a request would be answered later than the SLO p99."
+        True,
+        description="Answer 429 at once when the work queued ahead of a request, timed as the workers report "
+        "it, would answer it later than the SLO p99.",
     )
     aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
     adaptive: bool = Field(
