@@ -90,13 +90,18 @@ def open_loop(port: int, path: str, body: bytes, rate_per_s: float, duration_s: 
         async def one() -> None:
             started = time.perf_counter()
             try:
+                reused = bool(idle)
                 try:
                     connection = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
                     outcome = await asyncio.wait_for(_exchange(*connection, request), timeout=30)
-                except asyncio.IncompleteReadError as exc:
+                except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
                     # A pooled connection the server closed while idle (keep-alive timeout): the
-                    # request was never read. Like any HTTP client, resend it on a fresh connection.
-                    if exc.partial:
+                    # request was never read. Nothing came back: EOF, or a reset when the request
+                    # reached the closed socket. Like any HTTP client, resend it once on a fresh
+                    # connection. A partial answer, or a reset on a fresh connection, counts.
+                    if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                        raise
+                    if not isinstance(exc, asyncio.IncompleteReadError) and not reused:
                         raise
                     connection[1].close()
                     connection = await asyncio.open_connection("127.0.0.1", port)
