@@ -85,15 +85,26 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, m
         array = np.empty(len(flat), dtype=object)
         array[:] = [item.encode("utf-8") for item in flat]
     else:
+        target = V2_TO_NUMPY[datatype]
         try:
             with np.errstate(over="ignore"):  # overflow is refused below, with the input named
-                array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+                if datatype == "BOOL":
+                    array = np.asarray(data, dtype=target)
+                else:
+                    # Asked for the target type at once, numpy would read the string "1.5" as 1.5
+                    # and null as NaN; read as numpy sees the JSON, either shows in the dtype.
+                    seen = np.asarray(data)
+                    if seen.dtype.kind not in "biuf":
+                        raise TypeError("data must be JSON numbers, not strings or nulls")
+                    # Floats convert from what was read (out of range turns infinite, refused
+                    # below); integers from the data, where numpy refuses what does not fit.
+                    array = seen.astype(target) if is_float(target) else np.asarray(data, dtype=target)
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
-        # numpy turns null into NaN (and into False for BOOL) and out-of-range floats into
-        # infinity without complaint; JSON itself can carry neither, so either means bad data.
+        # numpy turns out-of-range floats into infinity without complaint; JSON cannot carry
+        # infinity, so it means data outside the type's range.
         if is_float(array.dtype) and not np.isfinite(array).all():
-            raise InvalidInput(f"input '{name}': {datatype} data must be numbers within the type's range (no nulls)")
+            raise InvalidInput(f"input '{name}': {datatype} data must be numbers within the type's range")
         if datatype == "BOOL" and not all(isinstance(item, bool) for item in _flatten(data)):
             raise InvalidInput(f"input '{name}': BOOL data must be true or false")
     if array.size != count:

@@ -18,6 +18,13 @@ def test_json_data_flat_or_nested() -> None:
     assert flat.dtype == np.int32
 
 
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
+def test_float_tensors_take_any_json_numbers(datatype: str) -> None:
+    array = json_to_array("x", datatype, (3,), [1, 2.5, -4])
+    assert array.tolist() == [1.0, 2.5, -4.0]
+    assert array.dtype.itemsize == {"FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2}[datatype]
+
+
 @pytest.mark.parametrize(
     ("datatype", "data", "fragment"),
     [
@@ -25,7 +32,10 @@ def test_json_data_flat_or_nested() -> None:
         ("FP32", [[1, 2], [3]], "FP32"),
         ("BYTES", [1], "strings"),
         ("INT8", [1, 2], "elements"),
-        ("FP32", [None], "no nulls"),
+        ("FP32", [None], "not strings or nulls"),
+        ("FP32", ["1.5"], "not strings or nulls"),  # numpy alone would read it as 1.5
+        ("FP32", [1.0, "2"], "not strings or nulls"),
+        ("INT64", ["3"], "not strings or nulls"),
         ("FP32", [1e39], "range"),
         ("FP16", [70000.0], "range"),
         ("INT32", [None], "INT32"),
