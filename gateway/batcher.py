@@ -72,7 +72,6 @@ class ModelBatcher:
         self.latency = LatencyModel()
         self.service = LatencyModel()
         self._pumping = False
-        self._last_rows = 1
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_at: float | None = None
         self._last_join: float | None = None
@@ -132,16 +131,19 @@ class ModelBatcher:
         return pending
 
     def predicted_latency_s(self, rows: int) -> float:
-        """Expected worker time until a request of ``rows`` joining now is answered (0 before any batch)."""
+        """Expected time until a request of ``rows`` joining now is answered (0 before any batch).
+
+        In worker time: the batches in flight (counted whole: pessimistic) and the full batches
+        queued ahead, shared among the batches the pool computes at once, then its own batch.
+        """
         if not self.service.samples:
             return 0.0
-        per_batch = self.service.predict(self.max_rows)
-        parallel = max(self.pool.usable_slots(), 1)
-        batches_ahead = self.queue.rows // self.max_rows
-        # With every slot busy, a batch like the last one must finish first (counted whole: pessimistic).
-        in_service = 0.0 if self.pool.has_idle_slot() else self.service.predict(self._last_rows) / parallel
-        own = self.service.predict(min(self.queue.rows + rows, self.max_rows))
-        return in_service + batches_ahead * per_batch / parallel + own
+        fit = self.service
+        parallel = max(self.pool.usable_runs(), 1)
+        in_flight = self._inflight_batches * fit.fixed_s + self._inflight_rows * fit.per_row_s
+        ahead = (self.queue.rows // self.max_rows) * fit.predict(self.max_rows)
+        own = fit.predict(min(self.queue.rows + rows, self.max_rows))
+        return (in_flight + ahead) / parallel + own
 
     def queue_full_error(self) -> BatchgateError:
         return Overloaded(f"model {self.model} queue is full", retry_after_s=self.retry_after_s())
@@ -274,7 +276,6 @@ class ModelBatcher:
                         self.pool.release(replica)
                         continue
                 rows = sum(p.rows for p in batch)
-                self._last_rows = rows
                 for pending in batch:
                     self._m_queue.observe(now - pending.enqueued)
                     self.stats.queued(int((now - pending.enqueued) * 1e9))

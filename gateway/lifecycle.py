@@ -57,7 +57,14 @@ class ModelManager:
             config = self.config.pools[name]
             # A worker computing several batches at once must be sent that many.
             slots = max(config.inflight_per_replica, config.concurrent_runs)
-            pool = self.pools[name] = PoolClient(name, slots, clock=self.clock, metrics=self.metrics, tls=config.tls)
+            pool = self.pools[name] = PoolClient(
+                name,
+                slots,
+                runs_per_replica=config.concurrent_runs,
+                clock=self.clock,
+                metrics=self.metrics,
+                tls=config.tls,
+            )
             pool.wanted = lambda: ((m.name, m.version, str(m.path)) for m in self.pool_models(name))
         return pool
 

@@ -158,6 +158,7 @@ class PoolClient:
         name: str,
         inflight_per_replica: int = 1,
         health_interval_s: float = 0.5,
+        runs_per_replica: int = 1,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         max_ejected_ratio: float = 0.5,
@@ -171,6 +172,7 @@ class PoolClient:
         self.retry_budget = RetryBudget(self.clock)
         self.load = LoadTracker(self.clock)
         self.inflight_per_replica = inflight_per_replica
+        self.runs_per_replica = runs_per_replica  # batches one replica computes at once
         self.health_interval_s = health_interval_s
         self.replicas: dict[str, Replica] = {}
         self._slot_listeners: deque[Callable[[], None]] = deque()
@@ -257,9 +259,15 @@ class PoolClient:
         self._circuit_metric(replica)
 
     def usable_slots(self) -> int:
-        """Batches the pool could run at once if every usable replica were free."""
-        usable = sum(1 for r in self.replicas.values() if r.ready and not r.draining and r.breaker.state != OPEN)
-        return usable * self.inflight_per_replica
+        """Batches the pool could have in flight at once if every usable replica were free."""
+        return self._usable_count() * self.inflight_per_replica
+
+    def usable_runs(self) -> int:
+        """Batches the pool's usable replicas compute at once (fewer than slots when they queue)."""
+        return self._usable_count() * self.runs_per_replica
+
+    def _usable_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.ready and not r.draining and r.breaker.state != OPEN)
 
     def has_idle_slot(self) -> bool:
         return bool(self._candidates())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import FakeClock
@@ -157,5 +158,28 @@ def test_a_freed_slot_waits_for_its_share_of_the_rows_in_flight() -> None:
         assert 0 < batcher.close_in(head, clock.now()) <= 0.002
         batcher.submit(_checked(5), deadline=clock.now() + 1)
         assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_requests_are_shed_once_the_work_queued_ahead_passes_the_slo() -> None:
+    """Workers report 2 ms + 1 ms/row per batch of at most 8 rows, so 10 ms per full batch.
+    A request joining q queued rows waits for q // 8 full batches, then its own: within a
+    30 ms budget while q // 8 <= 2, so the first 24 are queued and the 25th is refused."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        config = BatchingConfig(max_batch_size=8, max_queue_delay_us=50_000)
+        batcher = ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics(), shed_after_s=0.030)
+        for rows in (1, 8, 1, 8):
+            batcher.service.observe(rows, 0.002 + 0.001 * rows)
+        batcher.latency.observe(8, 1.0)  # the round trip the loop saw does not count here
+        admitted = 0
+        with pytest.raises(Overloaded, match="longer than 30 ms") as refused:
+            while admitted < 100:
+                batcher.submit(_checked(), deadline=clock.now() + 5)  # no replica: they stay queued
+                admitted += 1
+        assert admitted == 24
+        assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 1
 
     asyncio.run(scenario())
