@@ -7,13 +7,13 @@ of wide tensors (1 MiB for 128 rows of 2,048 float32) is copied several times on
 through the gateway and the worker: body, batch, message, frame, answer. Each copy then lands
 in fresh pages that the kernel must fault in and zero.
 
-Measured: 32 rows of 2,048 float32 per request, 64 users, a Relu model. The gateway took 200k
-minor page faults a second and the worker 230k, and the pair moved 21-25k rows/s on this 2-core
-VM, and the same on an H200 machine. With the thresholds below both took under 2k faults a second
-and moved 62k rows/s.
+Measured, 32 rows of 2,048 float32 per request, 64 users, a Relu model on a 2-core VM: the
+gateway took 200k minor page faults a second and the worker 230k, and the pair moved 21-25k
+rows/s. With the thresholds below both took under 2k faults a second and moved 59-61k rows/s.
+On an H200, ``mlp_xl`` at 32 rows per request went from 18-22k to 36k rows/s.
 
-The cost is memory: up to :data:`TRIM_THRESHOLD` of freed heap may stay mapped in each
-process.
+The cost is memory: up to :data:`TRIM_THRESHOLD` of freed heap may stay mapped in each process
+(gateway plus worker: 172 -> 212 MB RSS under the load above).
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ def keep_freed_memory() -> bool:
     if any(os.environ.get(name) for name in _USER_CHOICES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt  # this process's own C library
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018  (present in glibc alone)
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)  # this process's own C library
+    except OSError:
         return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc alone has it; musl's mallopt does nothing
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
