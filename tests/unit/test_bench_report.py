@@ -1,4 +1,4 @@
-"""The benchmark report's verdict on target 4 (open-loop tail), from made-up runs."""
+"""The benchmark report's verdicts on targets 1 (64 users) and 4 (open-loop tail), from made-up runs."""
 
 from __future__ import annotations
 
@@ -44,3 +44,29 @@ def test_capacity_check_says_what_share_the_rate_really_was() -> None:
     (line,) = _capacity_check({"before": 10_000.0, "after": 8_000.0, "rate": 7_000.0})
     assert "10000 before" in line and "8000 right after" in line
     assert "70% of the first and 88% of the second" in line
+
+
+def _closed(system: str, protocol: str, items: float, p99: float) -> Row:
+    return Row(system, "mlp", protocol, 64, items, p99 / 2, p99, p99 * 1.2, 0, 150.0, 300.0, 20.0, requests=50_000)
+
+
+def _target1(ours: list[float], baseline: list[float]) -> str:
+    rounds = []
+    for mine, theirs in zip(ours, baseline, strict=True):
+        rounds += [_closed("batchgate", "json", mine, 15.0), _closed("no-batching", "json", theirs, 30.0)]
+    (line,) = [line for line in targets([], {}, [], rounds) if "64 users, json" in line]
+    return line
+
+
+def test_target_1_needs_twice_the_peer_within_the_rounds_too() -> None:
+    # Medians of each column: 7000 / 3500 = 2.00. Within each round: 1.71, 3.50 and 1.95.
+    line = _target1([6000, 7000, 8000], [3500, 2000, 4100])
+    assert "**2.00x** the best peer" in line
+    assert "within each round 1.71, 3.50, 1.95, median **1.95x**" in line
+    assert "NOT met" in line
+
+
+def test_target_1_is_met_when_both_statistics_hold() -> None:
+    line = _target1([7194, 6943, 6882], [3637, 2407, 2730])  # the run at 7bef6ea
+    assert "within each round 1.98, 2.88, 2.52, median **2.52x**" in line
+    assert "— met" in line
