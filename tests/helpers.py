@@ -13,7 +13,15 @@ import yaml
 
 from gateway.child import ChildGateway, free_port
 
-__all__ = ["IDENTITY_TYPES", "GatewayProcess", "ResponseReader", "free_port", "identity_model", "write_model"]
+__all__ = [
+    "IDENTITY_TYPES",
+    "GatewayProcess",
+    "ResponseReader",
+    "child_pids",
+    "free_port",
+    "identity_model",
+    "write_model",
+]
 
 IDENTITY_TYPES = [
     "BOOL",
@@ -61,6 +69,14 @@ def identity_model(types: list[str] = IDENTITY_TYPES, width: int = 3) -> bytes:
     model.ir_version = 9
     data: bytes = model.SerializeToString()
     return data
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (a gateway's workers), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(child) for child in (task / "children").read_text().split())
+    return found
 
 
 def write_model(root: Path, name: str, data: bytes, config: dict[str, Any] | None = None, version: int = 1) -> Path:

@@ -16,15 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.helpers import GatewayProcess, write_model
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(child) for child in text)
-    return found
+from tests.helpers import GatewayProcess, child_pids, write_model
 
 
 def _infer(client: httpclient.InferenceServerClient, seed: int) -> np.ndarray:
@@ -67,7 +59,7 @@ def test_single_client_does_not_pay_the_queue_delay(slow_window_gateway: Gateway
 def test_local_workers_run_under_sched_batch(slow_window_gateway: GatewayProcess) -> None:
     """Every thread of every local worker (ONNX Runtime's included), not the gateway itself."""
     _infer(httpclient.InferenceServerClient(slow_window_gateway.url), 0)  # sessions and their threads exist
-    workers = _children(slow_window_gateway.process.pid)
+    workers = child_pids(slow_window_gateway.process.pid)
     assert workers
     for pid in workers:
         threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
@@ -78,7 +70,7 @@ def test_local_workers_run_under_sched_batch(slow_window_gateway: GatewayProcess
 
 def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gateway: GatewayProcess) -> None:
     gateway = slow_window_gateway
-    workers = _children(gateway.process.pid)
+    workers = child_pids(gateway.process.pid)
     assert len(workers) == 2
     client = httpclient.InferenceServerClient(gateway.url)
     os.kill(workers[0], signal.SIGKILL)
@@ -101,13 +93,13 @@ def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gat
             break
     assert restarted, gateway.log()
     assert failures == 0
-    assert len(_children(gateway.process.pid)) == 2
+    assert len(child_pids(gateway.process.pid)) == 2
 
 
 def test_sigterm_stops_gateway_and_workers(serving_repository: Path, tmp_path: Path) -> None:
     gateway = GatewayProcess(serving_repository, tmp_path / "stop.log")
     gateway.wait_ready()
-    workers = _children(gateway.process.pid)
+    workers = child_pids(gateway.process.pid)
     started = time.monotonic()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why.
     assert gateway.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
@@ -242,7 +234,7 @@ def test_one_worker_takes_a_second_batch_while_the_first_computes(tmp_path: Path
     ).encode()
     try:
         gateway.wait_ready()
-        workers = _children(gateway.process.pid)
+        workers = child_pids(gateway.process.pid)
         assert len(workers) == 1
         argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--concurrent-runs") + 1] == b"2"

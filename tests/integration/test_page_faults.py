@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import GatewayProcess, write_model
+from tests.helpers import GatewayProcess, child_pids, identity_model, write_model
 from tests.load import closed_loop
 
 
@@ -22,34 +22,18 @@ def _minor_faults(pid: int) -> int:
     return int(fields[7])  # minflt: the 10th field of /proc/PID/stat, the 8th after the name
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(child) for child in (task / "children").read_text().split())
-    return found
-
-
 def test_wide_batches_do_not_fault_in_fresh_pages(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["output"])],
-        "relu",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2048])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2048])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    write_model(tmp_path / "models", "relu", model.SerializeToString(), {"batching": {"max_batch_size": 128}})
+    model = identity_model(["FP32"], width=2048)
+    write_model(tmp_path / "models", "wide", model, {"batching": {"max_batch_size": 128}})
     rows = np.full((32, 2048), 0.5, np.float32).tolist()
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [32, 2048], "data": rows}]})
+    body = json.dumps({"inputs": [{"name": "in_FP32", "datatype": "FP32", "shape": [32, 2048], "data": rows}]})
     gateway = GatewayProcess(tmp_path / "models", tmp_path / "gateway.log", replicas=1)
     try:
         gateway.wait_ready()
-        path = "/v2/models/relu/infer"
+        path = "/v2/models/wide/infer"
         warm = closed_loop(gateway.port, path, body.encode(), users=8, duration_s=30, max_requests=50)
         assert {o.status for o in warm} == {200}
-        processes = [gateway.process.pid, *_children(gateway.process.pid)]
+        processes = [gateway.process.pid, *child_pids(gateway.process.pid)]
         assert len(processes) == 2  # the gateway and its one worker
         before = [_minor_faults(pid) for pid in processes]
         outcomes = closed_loop(gateway.port, path, body.encode(), users=8, duration_s=60, max_requests=400)

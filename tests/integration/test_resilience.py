@@ -10,18 +10,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.helpers import GatewayProcess, write_model
+from tests.helpers import GatewayProcess, child_pids, identity_model, write_model
 from tests.load import Outcome, closed_loop, open_loop, percentile
 
 BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [3.0] * 64}]}).encode()
 INFER = "/v2/models/digits_mlp/infer"
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(child) for child in (task / "children").read_text().split())
-    return found
 
 
 def _rss_mb(pid: int) -> float:
@@ -49,7 +42,7 @@ def test_killed_worker_under_load_loses_no_request(tmp_path: Path, demo_reposito
 
         def chaos() -> None:
             time.sleep(5)  # let the load settle before the kill
-            victim = _children(gateway.process.pid)[0]
+            victim = child_pids(gateway.process.pid)[0]
             os.kill(victim, signal.SIGKILL)
             killed_at.append(time.monotonic())
             while time.monotonic() - killed_at[0] < 20:
@@ -114,24 +107,14 @@ def test_a_burst_the_workers_keep_up_with_is_not_shed(tmp_path: Path) -> None:
     until the load stopped (7.5k of 204k rows/s in the benchmark). Now shedding weighs the
     time the workers report, and this load is simply served.
     """
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["output"])],
-        "relu",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 512])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 512])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
     root = tmp_path / "models"
-    write_model(root, "relu", model.SerializeToString(), {"batching": {"max_batch_size": 128}})
+    write_model(root, "wide", identity_model(["FP32"], width=512), {"batching": {"max_batch_size": 128}})
     rows = [[0.5] * 512] * 32
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [32, 512], "data": rows}]})
+    body = json.dumps({"inputs": [{"name": "in_FP32", "datatype": "FP32", "shape": [32, 512], "data": rows}]})
     gateway = GatewayProcess(root, tmp_path / "gateway.log", config={"limits": {"per_client": {"max_concurrency": 0}}})
     try:
         gateway.wait_ready()
-        outcomes = closed_loop(gateway.port, "/v2/models/relu/infer", body.encode(), users=128, duration_s=6)
+        outcomes = closed_loop(gateway.port, "/v2/models/wide/infer", body.encode(), users=128, duration_s=6)
         statuses = Counter(o.status for o in outcomes)
         print(f"{len(outcomes)} requests, statuses {dict(statuses)}, shed {gateway.metric('batchgate_shed_total')}")
         assert statuses[200] > 500
@@ -181,7 +164,7 @@ def test_worker_sigterm_drains_without_failing_requests(tmp_path: Path, demo_rep
 
         def stop_one() -> None:
             time.sleep(2)
-            os.kill(_children(gateway.process.pid)[0], signal.SIGTERM)
+            os.kill(child_pids(gateway.process.pid)[0], signal.SIGTERM)
 
         thread = threading.Thread(target=stop_one)
         thread.start()
