@@ -135,8 +135,8 @@ def targets(
             continue
         ratio = ours.items_per_s / peer.items_per_s
         lower = ours.p99_ms is not None and peer.p99_ms is not None and ours.p99_ms < peer.p99_ms
-        within = sorted(round_ratios(rounds, protocol)) if peer is baseline else []
-        paired = within[len(within) // 2] if within else None
+        each_round = round_ratios(rounds, protocol) if peer is baseline else []
+        paired = sorted(each_round)[len(each_round) // 2] if each_round else None
         met = ratio >= 2.0 and lower and (paired is None or paired >= 2.0)
         same = [r for r in candidates if r.protocol == protocol]
         same_peer = max(same, key=lambda r: r.items_per_s, default=None)
@@ -146,7 +146,7 @@ def targets(
         else:
             note = ""
         if paired is not None:
-            each = ", ".join(f"{x:.2f}" for x in round_ratios(rounds, protocol))
+            each = ", ".join(f"{x:.2f}" for x in each_round)
             note = f"; within each round {each}, median **{paired:.2f}x**{note}"
         out.append(
             f"- 1. `mlp` 64 users, {protocol}{how}: {ours.items_per_s:.0f} items/s = **{ratio:.2f}x** the best peer "
