@@ -74,6 +74,18 @@ def _nesting(data: Any, name: str, max_depth: int) -> None:
         data = data[0]
 
 
+def _whole_numbers(data: Any, target: Any) -> Array:
+    """Integers from JSON data holding some floats: ``3.0`` is 3, but ``1.5`` is refused, not cut to 1.
+
+    Read from the values themselves, not numpy's float64 view of them, which also appears
+    when large UINT64 values sit beside small ones and would round them.
+    """
+    flat = _flatten(data)
+    if any(isinstance(item, float) and not item.is_integer() for item in flat):
+        raise TypeError("integer data must be whole numbers")
+    return np.asarray([int(item) for item in flat], dtype=target)
+
+
 def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, max_depth: int = 32) -> Array:
     """Array from JSON ``data`` (flat or nested) declared as ``datatype`` of ``shape``."""
     _nesting(data, name, max_depth)
@@ -96,9 +108,16 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, m
                     seen = np.asarray(data)
                     if seen.dtype.kind not in "biuf":
                         raise TypeError("data must be JSON numbers, not strings or nulls")
+                    if seen.dtype.kind == "b":
+                        raise TypeError("data must be JSON numbers, not true or false")
                     # Floats convert from what was read (out of range turns infinite, refused
                     # below); integers from the data, where numpy refuses what does not fit.
-                    array = seen.astype(target) if is_float(target) else np.asarray(data, dtype=target)
+                    if is_float(target):
+                        array = seen.astype(target)
+                    elif seen.dtype.kind == "f":
+                        array = _whole_numbers(data, target)
+                    else:
+                        array = np.asarray(data, dtype=target)
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data is not a valid {datatype} tensor: {exc}") from None
         # numpy turns out-of-range floats into infinity without complaint; JSON cannot carry

@@ -18,6 +18,15 @@ def test_json_data_flat_or_nested() -> None:
     assert flat.dtype == np.int32
 
 
+def test_integer_tensors_take_whole_numbers_written_as_floats() -> None:
+    array = json_to_array("x", "INT32", (3,), [3.0, -2147483648.0, 2147483647.0])
+    assert array.tolist() == [3, -2147483648, 2147483647]
+    assert array.dtype == np.int32
+    # numpy reads this mix as float64; the values must not be rounded through it
+    big = json_to_array("x", "UINT64", (2,), [18431546079168739472, 1])
+    assert big.tolist() == [18431546079168739472, 1]
+
+
 @pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
 def test_float_tensors_take_any_json_numbers(datatype: str) -> None:
     array = json_to_array("x", datatype, (3,), [1, 2.5, -4])
@@ -36,6 +45,12 @@ def test_float_tensors_take_any_json_numbers(datatype: str) -> None:
         ("FP32", ["1.5"], "not strings or nulls"),  # numpy alone would read it as 1.5
         ("FP32", [1.0, "2"], "not strings or nulls"),
         ("INT64", ["3"], "not strings or nulls"),
+        ("INT32", [1.5], "whole numbers"),  # numpy alone would cut it to 1
+        ("INT64", [2, 2.5], "whole numbers"),
+        ("UINT8", [-1.0], "out of bounds"),
+        ("INT32", [2147483648.0], "out of bounds"),
+        ("INT32", [True], "true or false"),
+        ("FP32", [False], "true or false"),
         ("FP32", [1e39], "range"),
         ("FP16", [70000.0], "range"),
         ("INT32", [None], "INT32"),
