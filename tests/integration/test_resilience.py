@@ -24,6 +24,14 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _mid_batch(pid: int) -> bool:
+    """A worker is inside a batch: one of its threads sleeps the injected fault delay."""
+    try:
+        return any("nanosleep" in (task / "wchan").read_text() for task in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # it or one of its threads exited meanwhile
+        return False
+
+
 def _repository(tmp_path: Path, demo_repository: Path, config: dict[str, object]) -> Path:
     root = tmp_path / "models"
     write_model(root, "digits_mlp", (demo_repository / "digits_mlp" / "1" / "model.onnx").read_bytes(), config)
@@ -42,9 +50,17 @@ def test_killed_worker_under_load_loses_no_request(tmp_path: Path, demo_reposito
 
         def chaos() -> None:
             time.sleep(5)  # let the load settle before the kill
-            victim = child_pids(gateway.process.pid)[0]
-            os.kill(victim, signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            # Kill a worker while it holds a batch: an idle one (the batcher keeps one busy
+            # before it adds a second batch beside it) would test nothing.
+            give_up = time.monotonic() + 10
+            while time.monotonic() < give_up:
+                busy = [pid for pid in child_pids(gateway.process.pid) if _mid_batch(pid)]
+                if busy:
+                    os.kill(busy[0], signal.SIGKILL)
+                    killed_at.append(time.monotonic())
+                    break
+            else:
+                return
             while time.monotonic() - killed_at[0] < 20:
                 restarted = gateway.metric("batchgate_worker_restarts_total") >= 1
                 if restarted and gateway.metric("batchgate_replicas_ready", {"pool": "default"}) == 2:
@@ -56,6 +72,7 @@ def test_killed_worker_under_load_loses_no_request(tmp_path: Path, demo_reposito
         thread.start()
         outcomes = closed_loop(gateway.port, INFER, BODY, users=32, duration_s=30)
         thread.join()
+        assert killed_at, "no worker was ever seen inside a batch"
         statuses = {o.status for o in outcomes}
         print(
             f"{len(outcomes)} requests, statuses {statuses}, worker back after {back_at[0] - killed_at[0]:.1f}s, "
