@@ -258,10 +258,6 @@ class PoolClient:
                 )
         self._circuit_metric(replica)
 
-    def usable_slots(self) -> int:
-        """Batches the pool could have in flight at once if every usable replica were free."""
-        return self._usable_count() * self.inflight_per_replica
-
     def usable_runs(self) -> int:
         """Batches the pool's usable replicas compute at once (fewer than slots when they queue)."""
         return self._usable_count() * self.runs_per_replica

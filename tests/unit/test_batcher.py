@@ -145,19 +145,24 @@ def test_fixed_delay_mode_waits_the_full_delay_even_for_a_lone_request() -> None
     asyncio.run(scenario())
 
 
-def test_a_freed_slot_waits_for_its_share_of_the_rows_in_flight() -> None:
-    """Balance rule: with two slots and 8 rows in flight, 3 queued rows wait; 8 go at once."""
+def test_a_batch_waits_for_the_one_in_flight_instead_of_going_beside_it() -> None:
+    """With a batch of the model in flight, queued rows wait (at most the queue delay) for it to
+    come back, then go at once; a preferred size goes regardless."""
 
     async def scenario() -> None:
         clock = FakeClock()
-        pool = PoolClient("p")
-        pool.usable_slots = lambda: 2  # type: ignore[method-assign]  # two slots, neither handed out here
-        batcher = ModelBatcher("m", "1", BatchingConfig(max_queue_delay_us=2_000), pool, clock, Metrics())
-        batcher._inflight_rows = 8  # as if the other slot carried a batch of 8
+        config = BatchingConfig(max_queue_delay_us=2_000, preferred_batch_sizes=(16,))
+        batcher = ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
+        batcher._inflight_batches, batcher._inflight_rows = 1, 8  # as if a batch of 8 were computing
         head = batcher.submit(_checked(3), deadline=clock.now() + 1)
-        assert 0 < batcher.close_in(head, clock.now()) <= 0.002
-        batcher.submit(_checked(5), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) == pytest.approx(0.002)
+        clock.advance(0.0015)
+        assert batcher.close_in(head, clock.now()) == pytest.approx(0.0005)
+        batcher._inflight_batches, batcher._inflight_rows = 0, 0  # it came back
         assert batcher.close_in(head, clock.now()) <= 0
+        batcher._inflight_batches, batcher._inflight_rows = 1, 8
+        batcher.submit(_checked(13), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0  # 16 rows, a preferred size
 
     asyncio.run(scenario())
 
