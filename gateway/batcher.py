@@ -25,7 +25,8 @@ from gateway.config import BatchingConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, Overloaded, Unavailable, WorkerError
 from gateway.latency_model import LatencyModel
 from gateway.metrics import Metrics
-from gateway.pool import Outputs, PoolClient, Replica
+from gateway.pool import PoolClient
+from gateway.replica import Outputs, Replica
 from gateway.request_queue import QUEUED, Pending, QueueFull, RequestQueue
 from gateway.stats import ModelStats
 from gateway.types import Array

@@ -22,7 +22,8 @@ from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
 from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
-from gateway.pool import LOAD_TIMEOUT_S, PoolClient, error_for, load_request
+from gateway.pool import PoolClient
+from gateway.replica import LOAD_TIMEOUT_S, error_for, load_request
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
 from gateway.router import Router, ServedModel
 

@@ -18,136 +18,35 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from gateway.autoscaler.signals import LoadTracker
 from gateway.circuit import OPEN, CircuitBreaker, RetryBudget
 from gateway.clock import Clock, MonotonicClock
 from gateway.config import WorkerTLS
-from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
-from gateway.local_transport import LocalConnection
+from gateway.errors import BatchgateError, DeadlineExceeded, Unavailable, WorkerError
 from gateway.metrics import Metrics
+from gateway.replica import (
+    LOAD_TIMEOUT_S,
+    STATUS_CODES,
+    Outputs,
+    Replica,
+    error_for,
+    infer_outputs,
+    infer_request,
+    load_request,
+)
 from gateway.tasks import spawn
 from gateway.types import Array, Signature
 from workers import framing
 from workers.runtime import TensorSpec
-from workers.servicer import COMPUTE_NS
-from workers.v2grpc import array_from_raw, array_to_raw, datatype_of
 
 log = logging.getLogger("batchgate.pool")
 
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
 # (model, version, model file) that every replica of a pool must hold before it takes batches.
 Wanted = Callable[[], Iterable[tuple[str, str, str]]]
-LOAD_TIMEOUT_S = 300.0
-
-
-def load_request(name: str, version: str, path: str) -> Any:
-    """The RepositoryModelLoad that has a worker load one version from its model file."""
-    param = service_pb2.ModelRepositoryParameter
-    return service_pb2.RepositoryModelLoadRequest(
-        model_name=name, parameters={"version": param(string_param=version), "path": param(string_param=path)}
-    )
-
-
-Outputs = dict[str, Array]
 # done(outputs, worker_busy_seconds, error): exactly one of outputs / error is set.
 Done = Callable[[Outputs | None, float | None, BatchgateError | None], None]
-
-
-def error_for(code: grpc.StatusCode, detail: str, address: str) -> BatchgateError:
-    """The batchgate error for a worker's gRPC status."""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-        return Unavailable(f"worker {address} unavailable: {detail}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"worker {address}: {detail}")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(detail)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidInput(detail)
-    return WorkerError(detail)
-
-
-def open_channel(address: str, tls: WorkerTLS | None) -> grpc.aio.Channel:
-    """A channel to a worker: plain, TLS, or mutual TLS when a client certificate is configured."""
-    if tls is None:
-        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=tls.ca_file.read_bytes(),
-        private_key=tls.key_file.read_bytes() if tls.key_file is not None else None,
-        certificate_chain=tls.cert_file.read_bytes() if tls.cert_file is not None else None,
-    )
-    options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(address, credentials, options=options)
-
-
-class Replica:
-    """One worker endpoint and its gateway-side bookkeeping.
-
-    ``local_path`` names the worker's framed unix socket when it runs on this machine.
-    """
-
-    def __init__(
-        self, address: str, local_path: str | None, breaker: CircuitBreaker, tls: WorkerTLS | None = None
-    ) -> None:
-        self.address = address
-        self.local_path = local_path
-        self.breaker = breaker
-        self.channel = open_channel(address, tls)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.outstanding = 0
-        self.ready = False
-        self.draining = False
-        self.preparing: asyncio.Task[None] | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.connections: list[LocalConnection] = []
-
-    def __repr__(self) -> str:
-        return f"Replica({self.address}, outstanding={self.outstanding}, ready={self.ready})"
-
-    def _connection_idle(self, connection: LocalConnection) -> None:
-        self.connections.append(connection)
-
-    async def connect_local(self) -> LocalConnection:
-        assert self.local_path is not None
-        loop = asyncio.get_running_loop()
-        try:
-            _, protocol = await loop.create_unix_connection(
-                lambda: LocalConnection(self.address, self._connection_idle), self.local_path
-            )
-        except OSError as exc:
-            raise Unavailable(f"worker {self.address} unavailable: {exc}") from None
-        return protocol
-
-    def close_local(self) -> None:
-        for connection in self.connections:
-            connection.close()
-        self.connections.clear()
-
-
-def _request(model: str, version: str, feeds: dict[str, Array]) -> Any:
-    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-    for name, array in feeds.items():
-        request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        request.raw_input_contents.append(array_to_raw(array))
-    return request
-
-
-def _outputs(response: Any) -> tuple[Outputs, float | None]:
-    outputs: Outputs = {}
-    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
-        outputs[tensor.name] = array_from_raw(tensor.datatype, tensor.shape, raw)
-    compute = response.parameters.get(COMPUTE_NS)
-    return outputs, (compute.int64_param / 1e9 if compute is not None else None)
 
 
 class PoolClient:
@@ -302,7 +201,7 @@ class PoolClient:
         self, replica: Replica, model: str, version: str, feeds: dict[str, Array], timeout_s: float, done: Done
     ) -> None:
         """Start one batch on ``replica``; ``done`` is called exactly once, possibly before this returns."""
-        request = _request(model, version, feeds)
+        request = infer_request(model, version, feeds)
         while replica.local_path is not None and replica.connections:
             connection = replica.connections.pop()
             if connection.usable():  # a worker killed a moment ago leaves closed ones behind
@@ -318,11 +217,11 @@ class PoolClient:
                     self.set_ready(replica, False)
                 done(None, None, error)
             elif kind == framing.RESPONSE and body is not None:
-                outputs, busy = _outputs(service_pb2.ModelInferResponse.FromString(body))
+                outputs, busy = infer_outputs(service_pb2.ModelInferResponse.FromString(body))
                 done(outputs, busy, None)
             else:
                 code, message = framing.parse_error(body or b"\x02")
-                failure = error_for(_CODES.get(code, grpc.StatusCode.UNKNOWN), message, replica.address)
+                failure = error_for(STATUS_CODES.get(code, grpc.StatusCode.UNKNOWN), message, replica.address)
                 if isinstance(failure, Unavailable):  # the worker is draining: send nothing more its way
                     self.set_ready(replica, False)
                 done(None, None, failure)
@@ -353,7 +252,7 @@ class PoolClient:
             done(None, None, WorkerError(f"batch failed: {exc!r}"))
             return
         self.record(replica, True)
-        outputs, busy = _outputs(response)
+        outputs, busy = infer_outputs(response)
         done(outputs, busy, None)
 
     async def signature(self, model: str, version: str) -> Signature:
