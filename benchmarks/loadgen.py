@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import collections
 import functools
+import gc
 import json
 import os
 import sys
@@ -200,6 +201,13 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    # The generator must not pause to collect while it times the server: a full collection
+    # took 7-19 ms here, mid-run at 6,300 requests/s, and every answer waiting meanwhile
+    # counted it as server latency. A run makes no cyclic garbage worth collecting (RSS
+    # stayed 54 MB with the collector off), and it is bounded in time and requests.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     json.dump(asyncio.run(run(args)), sys.stdout)
     sys.stdout.flush()
     os._exit(0)
