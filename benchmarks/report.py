@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.measure import Row
 
@@ -39,16 +39,24 @@ def _raw_table(raw: list[dict[str, Any]], model: str) -> list[str]:
     return lines
 
 
+T = TypeVar("T")
+
+
+def middle(values: list[T]) -> T | None:
+    """The median of ``values``, already sorted (the upper one of an even count); None if empty."""
+    return values[len(values) // 2] if values else None
+
+
 def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
     """The round with the median items/s of ``system`` over ``protocol`` (its own p99 with it)."""
-    runs = sorted((r for r in rows if r.system == system and r.protocol == protocol), key=lambda r: r.items_per_s)
-    return runs[len(runs) // 2] if runs else None
+    return middle(
+        sorted((r for r in rows if r.system == system and r.protocol == protocol), key=lambda r: r.items_per_s)
+    )
 
 
 def median_run(rows: list[Row], system: str, rate: float) -> Row | None:
     """Of the open-loop runs of ``system`` at ``rate``, the one with the median p99."""
-    runs = sorted((r for r in rows if r.system == system and r.rate == rate), key=lambda r: r.p99_ms or 0.0)
-    return runs[len(runs) // 2] if runs else None
+    return middle(sorted((r for r in rows if r.system == system and r.rate == rate), key=lambda r: r.p99_ms or 0.0))
 
 
 def _ratio(value: float) -> str:
@@ -136,7 +144,7 @@ def targets(
         ratio = ours.items_per_s / peer.items_per_s
         lower = ours.p99_ms is not None and peer.p99_ms is not None and ours.p99_ms < peer.p99_ms
         each_round = round_ratios(rounds, protocol) if peer is baseline else []
-        paired = sorted(each_round)[len(each_round) // 2] if each_round else None
+        paired = middle(sorted(each_round))
         met = ratio >= 2.0 and lower and (paired is None or paired >= 2.0)
         same = [r for r in candidates if r.protocol == protocol]
         same_peer = max(same, key=lambda r: r.items_per_s, default=None)
@@ -179,7 +187,7 @@ def targets(
         # The verdict takes the median of the runs' own ratios: the run with the median p99
         # can carry an unusually high p50 and pass on that alone.
         ratios = tail_ratios(rows, "batchgate", rate)
-        ratio = ratios[len(ratios) // 2]
+        ratio = ratios[len(ratios) // 2]  # never empty: ours is one of them
         runs = [r for r in rows if r.system == "batchgate" and r.rate == rate]
         errors = sum(r.errors for r in runs)
         error_share = errors / max(errors + sum(r.requests for r in runs), 1)
