@@ -171,6 +171,18 @@ def targets(
             f"({best['items_per_s']:.1f}, batch {best['batch']}, {best['threads']} threads) "
             f"— {'met' if ratio >= 0.8 else 'NOT met (target ≥ 0.8)'}"
         )
+        # 64 closed-loop users, one row each, cannot form a bigger batch than 64: raw ORT at that
+        # batch, same threads, is the most any server could reach here, and bounds the ratio.
+        cap = [r for r in raw if r["model"] == "mlp_xl" and r["threads"] == best["threads"] and r["batch"] <= xl.users]
+        if cap:
+            ceiling = max(cap, key=lambda r: r["batch"])
+            share = ceiling["items_per_s"] / best["items_per_s"]
+            out.append(
+                f"-    the biggest batch {xl.users} users can form is {ceiling['batch']} rows: raw at batch "
+                f"{ceiling['batch']}, {ceiling['threads']} threads, is {ceiling['items_per_s']:.1f} items/s = "
+                f"{share:.2f}x raw best, the ceiling for any server; batchgate reaches "
+                f"**{xl.items_per_s / ceiling['items_per_s']:.2f}x** of it"
+            )
     for r in rows:
         if r.system == "batchgate" and r.users == 1 and r.model == "mlp" and r.p50_ms is not None:
             added = r.p50_ms - latency["mlp"]
