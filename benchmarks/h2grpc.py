@@ -20,7 +20,7 @@ import collections
 import struct
 from typing import cast
 
-from gateway.grpc_api.h2server import (
+from gateway.grpc_api.h2wire import (
     ACK,
     CONTINUATION,
     DATA,

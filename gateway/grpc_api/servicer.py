@@ -19,7 +19,8 @@ from gateway.codec import DecodeLimits, v2grpc
 from gateway.config import GRPCConfig, LimitsConfig, TLSConfig
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError
-from gateway.grpc_api.h2server import H2Server, server_ssl_context, unary_methods
+from gateway.grpc_api.h2calls import unary_methods
+from gateway.grpc_api.h2server import H2Server, server_ssl_context
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 

@@ -1,4 +1,4 @@
-"""The gateway's own HTTP/2 gRPC front (gateway/grpc_api/h2server.py).
+"""The gateway's own HTTP/2 gRPC front (gateway/grpc_api/h2*.py).
 
 Two halves. tritonclient against the real gateway covers what its C-core client does:
 compressed requests, messages larger than HTTP/2's default 64 KiB windows, the streaming
@@ -29,7 +29,9 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string, request_block
-from gateway.grpc_api.h2server import (
+from gateway.grpc_api.h2calls import CallContext, unary_methods
+from gateway.grpc_api.h2server import H2Server
+from gateway.grpc_api.h2wire import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -44,10 +46,7 @@ from gateway.grpc_api.h2server import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    CallContext,
-    H2Server,
     frame,
-    unary_methods,
 )
 from tests.helpers import GatewayProcess, identity_model, write_model
 
