@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,16 @@ def test_keep_alive_connection_serves_requests_one_after_another(gateway: Gatewa
             assert status == 200 and "connection" not in headers
     requests_after = gateway.metric("batchgate_requests_total", {"model": "digits_mlp", "code": "200"})
     assert requests_after - requests_before == 20
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(gateway: GatewayProcess) -> None:
+    """An answered client that sends nothing more is let go after the keep-alive wait (5 s),
+    not held forever; nor cut off before it."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+        reader = ResponseReader(sock)
+        sock.sendall(_post(_body(_rows(4))))
+        assert reader.response()[0] == 200
+        answered = time.monotonic()
+        assert reader.closed()  # blocks until the server closes: bounded by the socket timeout
+        idle = time.monotonic() - answered
+    assert 4.5 <= idle < 5 + 2.0, f"closed after {idle:.2f} s idle"  # then scheduling slack
