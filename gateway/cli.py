@@ -21,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_server_config
     from gateway.rest.protocol import guarded_protocol
     from gateway.server import DrainingServer
+    from workers.affinity import confine, parse_cpus
     from workers.allocator import keep_freed_memory
 
     overrides: dict[str, Any] = {}
@@ -41,6 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_server_config(args.config, overrides)
         logs.setup(config.log_level, args.log_format)
         keep_freed_memory()
+        if config.cpus is not None:
+            try:
+                confine(parse_cpus(config.cpus))  # before any worker starts: they get the CPUs it had
+            except OSError as exc:
+                raise ConfigError(f"cpus: {exc}") from None
         gateway = Gateway(config)
     except ConfigError as exc:
         print(f"batchgate: configuration error:\n{exc}", file=sys.stderr)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workers.affinity import parse_cpus
 
 ENV_PREFIX = "BATCHGATE_"
 
@@ -28,6 +30,15 @@ class ConfigError(Exception):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _cpu_list(value: str | None) -> str | None:
+    if value is not None:
+        parse_cpus(value)  # ValueError names the problem; pydantic adds the field
+    return value
+
+
+CpuList = Annotated[str | None, AfterValidator(_cpu_list)]
 
 
 class BatchingConfig(_Frozen):
@@ -193,6 +204,11 @@ class PoolConfig(_Frozen):
     )
     inflight_per_replica: int = Field(
         1, ge=1, description="Batches sent to one replica at a time; more overlaps transfer with compute."
+    )
+    cpus: CpuList = Field(
+        None,
+        description="Linux CPU list ('1-3') local workers run on; unset = any CPU, or the gateway's CPUs "
+        "from before it confined itself (see cpus at the top level).",
     )
     endpoints: tuple[str, ...] = Field(
         (), description="Existing v2 gRPC servers (host:port or unix:path); no local processes then."
@@ -361,6 +377,11 @@ class ServerConfig(_Frozen):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Abuse limits.")
     drain_timeout_s: float = Field(30.0, gt=0, description="How long in-flight requests get on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
+    cpus: CpuList = Field(
+        None,
+        description="Linux CPU list ('0') the gateway process runs on; with pools.<pool>.cpus naming the "
+        "others, its event loop never waits for a core behind a worker. Unset = any CPU.",
+    )
 
 
 def format_validation_error(source: str, error: ValidationError) -> str:

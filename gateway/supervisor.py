@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.repository import ModelVersion
 from gateway.tasks import spawn
+from workers.affinity import before_confined, format_cpus, parse_cpus
 
 log = logging.getLogger("batchgate.supervisor")
 
@@ -44,9 +45,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def auto_threads(runs: int) -> int:
-    """Share the cores between the runs of all replicas so their thread pools do not fight."""
-    return max(1, (os.cpu_count() or 1) // max(runs, 1))
+def auto_threads(runs: int, cpus: int | None = None) -> int:
+    """Share the cores (``cpus`` of them if the pool is confined) between the runs of all
+    replicas so their thread pools do not fight."""
+    return max(1, (cpus or os.cpu_count() or 1) // max(runs, 1))
 
 
 class WorkerProcess:
@@ -90,7 +92,8 @@ class LocalSupervisor:
         # with 2 threads each oversubscribed 2 cores: mlp_xl 820 vs 1,076 items/s). Workers
         # already running keep their size until they restart.
         runs = self.config.concurrent_runs
-        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)) * runs)
+        confined = len(parse_cpus(self.config.cpus)) if self.config.cpus is not None else None
+        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)) * runs, confined)
         argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
         argv += ["--concurrent-runs", str(runs)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
@@ -98,6 +101,11 @@ class LocalSupervisor:
             argv.append("--spin")
         if self.config.batch_scheduling:
             argv.append("--batch-scheduling")
+        cpus = self.config.cpus
+        if cpus is None and (inherited := before_confined()) is not None:
+            cpus = format_cpus(inherited)  # not the confined gateway's own: the CPUs it had before
+        if cpus is not None:
+            argv += ["--cpus", cpus]
         for model in self.models():
             argv += ["--model", f"{model.name}={model.version}:{model.path}"]
         if local_path is not None:

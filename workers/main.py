@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from workers.affinity import confine, parse_cpus
 from workers.allocator import keep_freed_memory
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run under SCHED_BATCH (Linux): wake-ups do not preempt other processes on the same cores",
     )
+    parser.add_argument("--cpus", help="Linux CPU list ('1-3') to run on, ONNX Runtime's threads included")
     parser.add_argument("--rpc-threads", type=int, default=4, help="gRPC handler threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="info")
@@ -134,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.batch_scheduling:
         batch_scheduling()
+    if args.cpus is not None:
+        try:
+            confine(parse_cpus(args.cpus))
+        except (ValueError, OSError) as exc:
+            log.error("--cpus %s: %s", args.cpus, exc)
+            return 2
+        log.info("running on CPUs %s", args.cpus)
     keep_freed_memory()
     specs = list(args.model)
     if args.model_repository:

@@ -66,3 +66,13 @@ def test_empty_or_missing_repository(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     with pytest.raises(ConfigError, match="no version folder"):
         scan_repository(tmp_path)
+
+
+def test_a_cpu_list_is_checked_when_the_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "batchgate.yaml"
+    path.write_text("cpus: '0'\npools: {default: {cpus: '1-3,5'}}\n")
+    config = load_server_config(path, environ={})
+    assert (config.cpus, config.pools["default"].cpus) == ("0", "1-3,5")
+    path.write_text("pools: {default: {cpus: '2-1'}}\n")
+    with pytest.raises(ConfigError, match=r"pools\.default\.cpus: Value error, '2-1': the range 2-1 runs backwards"):
+        load_server_config(path, environ={})

@@ -54,3 +54,28 @@ def test_concurrent_runs_are_passed_on_and_share_the_auto_threads(
     assert _threads(command(PoolConfig(replicas=1, concurrent_runs=8))) == 1
     plain = command(PoolConfig(replicas=2))
     assert plain[plain.index("--concurrent-runs") + 1] == "1" and _threads(plain) == 4
+
+
+def test_a_confined_pool_passes_its_cpus_and_sizes_its_threads_to_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    argv = LocalSupervisor(
+        PoolClient("p"), PoolConfig(replicas=2, cpus="2-5"), lambda: [], Metrics(), tmp_path
+    ).command("unix:/a")
+    assert argv[argv.index("--cpus") + 1] == "2-5"
+    assert _threads(argv) == 2  # 4 CPUs for 2 workers, not 8
+
+
+def test_workers_of_a_confined_gateway_get_back_the_cpus_it_had(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def command(config: PoolConfig) -> list[str]:
+        return LocalSupervisor(PoolClient("p"), config, lambda: [], Metrics(), tmp_path).command("unix:/a")
+
+    assert "--cpus" not in command(PoolConfig())  # nobody confined: workers run anywhere
+    monkeypatch.setattr(supervisor, "before_confined", lambda: frozenset({0, 1, 2, 3}))
+    argv = command(PoolConfig())
+    assert argv[argv.index("--cpus") + 1] == "0-3"  # not the gateway's own core
+    argv = command(PoolConfig(cpus="3"))
+    assert argv[argv.index("--cpus") + 1] == "3"  # the pool's own list wins
