@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from gateway.clock import Clock
-from gateway.config import BatchingConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, Overloaded, Unavailable, WorkerError
 from gateway.latency_model import LatencyModel
 from gateway.metrics import Metrics
+from gateway.model_config import BatchingConfig
 from gateway.pool import PoolClient
 from gateway.replica import Outputs, Replica
 from gateway.request_queue import QUEUED, Pending, QueueFull, RequestQueue

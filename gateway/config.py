@@ -1,9 +1,9 @@
 """Configuration: frozen pydantic models, read once at the edge and passed down.
 
-Two files configure batchgate. ``batchgate.yaml`` names the model repository, the
-listeners and the worker pools; every field has a default, so no file is needed at
-all. Each model folder may hold a ``config.yaml`` with what cannot be read from the
-ONNX file (batching, deadline, pool, SLO). Environment variables ``BATCHGATE_<PATH>``
+Two files configure batchgate. ``batchgate.yaml`` (here) names the model repository,
+the listeners and the worker pools; every field has a default, so no file is needed at
+all. Each model folder may hold a ``config.yaml`` (:mod:`gateway.model_config`) with what
+cannot be read from the ONNX file (batching, deadline, pool, SLO). Environment variables ``BATCHGATE_<PATH>``
 (``__`` between nesting levels, e.g. ``BATCHGATE_HTTP__PORT=9000``) override the
 server file. A wrong value fails at start-up with its field path, never at the first
 request.
@@ -28,7 +28,7 @@ class ConfigError(Exception):
     """A configuration file or value is wrong; the message names the field and the reason."""
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -41,111 +41,7 @@ def _cpu_list(value: str | None) -> str | None:
 CpuList = Annotated[str | None, AfterValidator(_cpu_list)]
 
 
-class BatchingConfig(_Frozen):
-    """How requests for one model version are grouped into batches."""
-
-    max_batch_size: int = Field(32, ge=0, description="Most rows in one batch; 0 = no batch dimension.")
-    max_queue_delay_us: int = Field(
-        2000, ge=0, description="Longest a request may wait for more rows to join its batch."
-    )
-    preferred_batch_sizes: tuple[int, ...] = Field(
-        (), description="Row counts worth closing a batch at before max_batch_size."
-    )
-    max_queue_size: int = Field(1024, ge=1, description="Queued requests beyond which new ones get 429.")
-    priority_levels: int = Field(2, ge=1, le=16, description="Number of priority levels (1 = highest).")
-    default_priority: int = Field(0, ge=0, description="Level for requests sending priority 0; 0 = lowest.")
-    shed_over_slo: bool = Field(
-        True,
-        description="Answer 429 at once when the work queued ahead of a request, timed as the workers report "
-        "it, would answer it later than the SLO p99.",
-    )
-    aging_ms: float = Field(100.0, gt=0, description="Each full period a request waits lifts it one priority level.")
-    adaptive: bool = Field(
-        True,
-        description="Close batches early by the deadline and arrival-rate rules (a lone client never waits); "
-        "false = wait the full max_queue_delay_us unless full (Triton-style: larger batches, less CPU and a "
-        "tighter tail for CPU-bound models under sustained load).",
-    )
-
-    @model_validator(mode="after")
-    def _check_sizes(self) -> BatchingConfig:
-        for size in self.preferred_batch_sizes:
-            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
-                raise ValueError(f"preferred batch size {size} must be in 1..max_batch_size")
-        if self.default_priority > self.priority_levels:
-            raise ValueError("default_priority must be at most priority_levels")
-        return self
-
-
-FallbackTrigger = Literal["error", "timeout", "overload", "circuit_open"]
-
-
-class FallbackConfig(_Frozen):
-    """Which model answers when the primary cannot, and on what."""
-
-    model: str = Field(description="Name of the fallback model in the same repository.")
-    on: tuple[FallbackTrigger, ...] = Field(
-        ("error", "timeout", "overload", "circuit_open"), description="Triggers that route to it."
-    )
-    primary_budget_ms: float | None = Field(
-        None, gt=0, description="Start the fallback when the primary has not answered by then."
-    )
-
-
-class DriftConfig(_Frozen):
-    """Input drift against ``profile.json`` next to the model (on when the profile exists)."""
-
-    enabled: bool = Field(True, description="Watch input drift when the model has a profile.")
-    sample_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of requests whose inputs are binned.")
-    window_s: float = Field(300.0, gt=0, description="Sliding window of the PSI.")
-    top_features: int = Field(5, ge=1, le=50, description="Features exported as metrics (bounded cardinality).")
-
-
-class ShadowConfig(_Frozen):
-    """Send a sample of traffic to another model too and track how often they agree."""
-
-    model: str = Field(description="The shadow model (often the fallback).")
-    ratio: float = Field(0.01, ge=0, le=1, description="Fraction of answered requests mirrored.")
-
-
-class CanaryConfig(_Frozen):
-    """Send a share of the requests that name no version to a newer version."""
-
-    version: int = Field(ge=1, description="The canary version (its folder must be served: see version_policy).")
-    percent: float = Field(ge=0, le=100, description="Share of unversioned requests it gets.")
-
-
-class SLOConfig(_Frozen):
-    """Service-level objective the autoscaler and the load-test gate hold the model to."""
-
-    p99_ms: float = Field(100.0, gt=0, description="Target 99th percentile request latency.")
-
-
-class VersionPolicy(_Frozen):
-    """Which version folders are served: the newest ``latest`` ones, or exactly ``specific``."""
-
-    latest: int = Field(1, ge=1, description="Serve the N highest version numbers.")
-    specific: tuple[int, ...] = Field((), description="Serve exactly these versions (overrides latest).")
-
-
-class ModelConfig(_Frozen):
-    """Per-model settings from ``models/<name>/config.yaml``; all optional."""
-
-    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
-    timeout_ms: float = Field(1000.0, gt=0, description="Deadline when the client sends none.")
-    fallback: FallbackConfig | None = Field(None, description="Model that answers when this one cannot.")
-    pool: str = Field("default", description="Worker pool that serves this model.")
-    slo: SLOConfig = Field(default_factory=SLOConfig, description="Latency objective.")
-    drift: DriftConfig = Field(default_factory=DriftConfig, description="Input drift monitoring.")
-    shadow: ShadowConfig | None = Field(None, description="Shadow traffic and agreement rate.")
-    canary: CanaryConfig | None = Field(None, description="Canary routing, promotable by API.")
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions are served.")
-    metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form facts about the model (accuracy, data)."
-    )
-
-
-class FaultConfig(_Frozen):
+class FaultConfig(Frozen):
     """Fault injection for tests and chaos runs; off by default. Never enable in production."""
 
     delay_ms: float = Field(0.0, ge=0, description="Extra latency added to every batch a worker computes.")
@@ -154,7 +50,7 @@ class FaultConfig(_Frozen):
     models: tuple[str, ...] = Field((), description="Only these models misbehave; empty = every model.")
 
 
-class KubernetesDiscovery(_Frozen):
+class KubernetesDiscovery(Frozen):
     """Find the pool's workers from the EndpointSlices of a headless Service."""
 
     service: str = Field(description="Headless Service in front of the worker pods.")
@@ -163,7 +59,7 @@ class KubernetesDiscovery(_Frozen):
     api_url: str | None = Field(None, description="API server URL; empty = in-cluster, then kubeconfig.")
 
 
-class WorkerTLS(_Frozen):
+class WorkerTLS(Frozen):
     """TLS from the gateway to a pool's gRPC workers; a client certificate makes it mutual."""
 
     ca_file: Path = Field(description="CA bundle that signed the workers' certificates.")
@@ -178,7 +74,7 @@ class WorkerTLS(_Frozen):
         return self
 
 
-class PoolConfig(_Frozen):
+class PoolConfig(Frozen):
     """A pool of worker replicas: local processes, or given endpoints of v2 gRPC servers."""
 
     replicas: int = Field(2, ge=0, description="Local worker processes to start.")
@@ -232,7 +128,7 @@ class PoolConfig(_Frozen):
         return self
 
 
-class HTTPConfig(_Frozen):
+class HTTPConfig(Frozen):
     """The HTTP (REST) listener."""
 
     host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 to accept remote clients.")
@@ -240,7 +136,7 @@ class HTTPConfig(_Frozen):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
 
 
-class GRPCConfig(_Frozen):
+class GRPCConfig(Frozen):
     """The gRPC listener (inference.GRPCInferenceService, what tritonclient.grpc calls)."""
 
     enabled: bool = Field(True, description="Serve gRPC next to HTTP.")
@@ -258,7 +154,7 @@ class GRPCConfig(_Frozen):
     )
 
 
-class TLSConfig(_Frozen):
+class TLSConfig(Frozen):
     """TLS on the HTTP and gRPC listeners (off unless a certificate is given)."""
 
     cert_file: Path | None = Field(None, description="Server certificate chain (PEM); none = plain text.")
@@ -274,7 +170,7 @@ class TLSConfig(_Frozen):
         return self
 
 
-class ClientLimits(_Frozen):
+class ClientLimits(Frozen):
     """What one client may ask of the gateway (inference calls, both fronts)."""
 
     key: Literal["auto", "client_id"] = Field(
@@ -287,7 +183,7 @@ class ClientLimits(_Frozen):
     max_concurrency: int = Field(256, ge=0, description="In-flight requests per client; more get 429; 0 = no limit.")
 
 
-class LimitsConfig(_Frozen):
+class LimitsConfig(Frozen):
     """Abuse limits; the defaults protect a small server (DESIGN: bad input gets a 4xx, never a 500)."""
 
     max_tensor_elements: int = Field(
@@ -308,7 +204,7 @@ class LimitsConfig(_Frozen):
     per_client: ClientLimits = Field(default_factory=ClientLimits, description="Per-client rate and concurrency.")
 
 
-class AuthConfig(_Frozen):
+class AuthConfig(Frozen):
     """Bearer-token authentication (off unless a tokens file is given)."""
 
     tokens_file: Path | None = Field(None, description="YAML with hashed tokens (batchgate token new); none = off.")
@@ -318,7 +214,7 @@ class AuthConfig(_Frozen):
     )
 
 
-class ScalingPolicy(_Frozen):
+class ScalingPolicy(Frozen):
     """How the controller sizes one pool (DESIGN §7)."""
 
     min_replicas: int = Field(1, ge=0, description="Never fewer replicas.")
@@ -339,7 +235,7 @@ class ScalingPolicy(_Frozen):
         return self
 
 
-class KubernetesTarget(_Frozen):
+class KubernetesTarget(Frozen):
     """The worker Deployment whose scale subresource sizes a pool."""
 
     deployment: str = Field(description="Deployment name.")
@@ -347,7 +243,7 @@ class KubernetesTarget(_Frozen):
     api_url: str | None = Field(None, description="API server URL; empty = in-cluster, then kubeconfig.")
 
 
-class AutoscalerConfig(_Frozen):
+class AutoscalerConfig(Frozen):
     """The controller: where it reads signals and how it acts."""
 
     enabled: bool = Field(True, description="Run the controller inside batchgate serve.")
@@ -359,7 +255,7 @@ class AutoscalerConfig(_Frozen):
     kubernetes: dict[str, KubernetesTarget] = Field(default_factory=dict, description="Deployment per pool name.")
 
 
-class ServerConfig(_Frozen):
+class ServerConfig(Frozen):
     """Top-level ``batchgate.yaml``."""
 
     model_repository: Path = Field(Path("models"), description="Folder with one sub-folder per model.")
@@ -393,7 +289,7 @@ def format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -439,7 +335,7 @@ def load_server_config(
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """File, then ``BATCHGATE_`` variables, then explicit overrides (CLI flags) win."""
-    data = _read_yaml(path) if path is not None else {}
+    data = read_yaml(path) if path is not None else {}
     data = _merge(data, env_overrides(os.environ if environ is None else environ))
     data = _merge(data, overrides or {})
     source = str(path) if path is not None else "config"
@@ -449,19 +345,10 @@ def load_server_config(
         raise ConfigError(format_validation_error(source, exc)) from None
     if path is not None and not config.model_repository.is_absolute():
         # A relative repository path in a file means relative to that file.
-        in_file = "model_repository" in _read_yaml(path)
+        in_file = "model_repository" in read_yaml(path)
         if in_file and "model_repository" not in (overrides or {}):
             config = config.model_copy(update={"model_repository": path.parent / config.model_repository})
     return config
-
-
-def load_model_config(path: Path) -> ModelConfig:
-    """Read ``config.yaml`` of one model; a missing file means all defaults."""
-    data = _read_yaml(path) if path.exists() else {}
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(path), exc)) from None
 
 
 if __name__ == "__main__":

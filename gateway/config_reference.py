@@ -10,7 +10,8 @@ import typing
 
 from pydantic import BaseModel
 
-from gateway.config import ModelConfig, ServerConfig
+from gateway.config import ServerConfig
+from gateway.model_config import ModelConfig
 
 # Settings that map names to sections: shown once with a placeholder key.
 _MAPPINGS = {"pools": "<pool>", "policies": "<pool>", "kubernetes": "<pool>"}

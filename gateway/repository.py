@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import ConfigError, ModelConfig, PoolConfig, load_model_config
+from gateway.config import ConfigError, PoolConfig
+from gateway.model_config import ModelConfig, load_model_config
 
 MODEL_FILE = "model.onnx"
 

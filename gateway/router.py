@@ -19,10 +19,10 @@ from typing import Any
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
-from gateway.config import ModelConfig
 from gateway.errors import BatchgateError, DeadlineExceeded, NotFound, Overloaded, Unavailable
 from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
+from gateway.model_config import ModelConfig
 from gateway.pool import PoolClient
 from gateway.request_queue import Pending
 from gateway.types import Array, InferRequest, InferResponse, OutputTensor, Signature

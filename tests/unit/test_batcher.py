@@ -9,9 +9,9 @@ import pytest
 
 from gateway.batcher import ModelBatcher
 from gateway.clock import FakeClock
-from gateway.config import BatchingConfig
 from gateway.errors import Overloaded
 from gateway.metrics import Metrics
+from gateway.model_config import BatchingConfig
 from gateway.pool import PoolClient
 from gateway.validation import CheckedRequest
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_model_config, load_server_config
+from gateway.config import ConfigError, load_server_config
+from gateway.model_config import load_model_config
 from gateway.repository import check_references, scan_repository
 from tests.helpers import write_model
 
