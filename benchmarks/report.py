@@ -199,24 +199,26 @@ def targets(
         # The verdict takes the median of the runs' own ratios: the run with the median p99
         # can carry an unusually high p50 and pass on that alone.
         ratios = tail_ratios(rows, "batchgate", rate)
-        ratio = ratios[len(ratios) // 2]  # never empty: ours is one of them
+        tail = middle(ratios)
+        if tail is None:  # not reached: ours is one of the runs
+            continue
         runs = [r for r in rows if r.system == "batchgate" and r.rate == rate]
         errors = sum(r.errors for r in runs)
         error_share = errors / max(errors + sum(r.requests for r in runs), 1)
         if error_share > 0.01:
             verdict = f"NOT met (overloaded: {error_share:.0%} of requests failed)"
         else:
-            verdict = "met" if ratio <= 3.0 else "NOT met (target ≤ 3)"
+            verdict = "met" if tail <= 3.0 else "NOT met (target ≤ 3)"
         label = "4." if rate == open_rates[0] else "  "
         each = ", ".join(_ratio(x) for x in ratios)
         line = f"- {label} open loop at {rate:.0f}/s (binary, mlp): p99/p50 median of {len(ratios)} runs"
-        line += f" **{_ratio(ratio)}**"
+        line += f" **{_ratio(tail)}**"
         line += f" ({each})" if len(ratios) > 1 else ""
         line += f" — {verdict}" if rate == open_rates[0] else ""
-        fixed_ratios = tail_ratios(rows, "fixed-delay", rate)
-        if fixed is not None and fixed.p50_ms and fixed.p99_ms and fixed_ratios:
+        fixed_ratio = middle(tail_ratios(rows, "fixed-delay", rate))
+        if fixed is not None and fixed.p50_ms and fixed.p99_ms and fixed_ratio is not None:
             line += (
-                f"; fixed 2 ms delay: {_ratio(fixed_ratios[len(fixed_ratios) // 2])}. Runs with the median p99: "
+                f"; fixed 2 ms delay: {_ratio(fixed_ratio)}. Runs with the median p99: "
                 f"adaptive p50 {ours.p50_ms:.2f}, p99 {ours.p99_ms:.2f} ms; fixed p50 {fixed.p50_ms:.2f}, "
                 f"p99 {fixed.p99_ms:.2f} ms (adaptive p99 {'lower' if ours.p99_ms < fixed.p99_ms else 'HIGHER'}); "
                 f"server CPU {ours.server_cpu_pct:.0f}% adaptive vs {fixed.server_cpu_pct:.0f}% fixed"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 import hpack
 
 from gateway.grpc_api import h2wire as wire
-from gateway.grpc_api.h2calls import Abort, CallContext, Method, read_message, request_head
+from gateway.grpc_api.h2calls import ENCODINGS, Abort, CallContext, Method, read_message, request_head
 from gateway.grpc_api.h2send import Outbox, Stream
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class H2Connection(asyncio.Protocol):
         if self.server.calls >= self.server.max_calls:
             self._send_status(stream, 8, f"more than {self.server.max_calls} concurrent calls", headers=True)
             return
-        if head.encoding not in ("identity", "gzip", "deflate"):
+        if head.encoding != "identity" and head.encoding not in ENCODINGS:
             self._send_status(stream, 12, f"grpc-encoding {head.encoding} is not supported", headers=True)
             return
         stream.method = method
