@@ -58,6 +58,7 @@ class ModelBatcher:
         self.max_rows = max(config.max_batch_size, 1)
         self.max_delay_s = config.max_queue_delay_us / 1e6
         self.adaptive = config.adaptive
+        self.hold_for_inflight = config.hold_for_inflight
         self.preferred = frozenset(config.preferred_batch_sizes)
         self.preferred_max = max(config.preferred_batch_sizes, default=self.max_rows)
         self.queue = RequestQueue(config.priority_levels, config.max_queue_size, config.aging_ms / 1000)
@@ -211,19 +212,12 @@ class ModelBatcher:
           (n+λw)/(a·(n+λw)+b+w)): wait iff ``λ·b > n``. ``b`` is the fixed part of the
           whole round trip, not only the worker's compute, because the slot is held
           (and the gateway works) for all of it.
-        - Another batch of this model is in flight: the new one waits for it to come back
-          (the pump runs again then) rather than take a second slot beside it. Side by
-          side, two batches share the cores with each other and with the gateway's event
-          loop, which every request passes through; the slot-throughput test above does
-          not see that. Measured on ``mlp`` (2 workers of 1 thread, 2 cores), against
-          taking a free slot whenever the queue held its share of the rows in flight,
-          three runs each: Poisson arrivals at 1,100/s, p99 3.0-3.7 instead of 4.0-4.3 ms;
-          at 3,300/s, p50 1.9-2.7 instead of 3.2-3.9 ms and p99 5.0-7.8 instead of
-          7.1-9.9 ms, with one worker doing nearly all the work and the CPU pressure
-          stall share down from 35% to 12%; 64 closed-loop users 9,100-9,700 instead of
-          7,300-9,100 items/s; at 7,650/s no difference beyond the noise. On a machine
-          with cores to spare this costs a request at most the rest of the batch in
-          flight or the queue delay, whichever ends first (not measured here).
+        - Another batch of this model is in flight (``hold_for_inflight``, on by default):
+          the new one waits for it to come back (the pump runs again then) rather than take
+          a second slot beside it. Side by side, two batches share the cores with each other
+          and with the gateway's event loop, which every request passes through; the
+          slot-throughput test above does not see that. What the hold gained and cost on 2
+          and 16 cores and on a GPU: README, "Batching", and ``benchmarks/results/hold*.md``.
 
         A lone client (λ = 0, nothing in flight) therefore never waits; against a fixed
         2 ms delay, 1 user p50 0.89 vs 3.24 ms.
@@ -240,7 +234,8 @@ class ModelBatcher:
         if slack <= 0:
             return 0.0
         more_coming = self.join_rate(now) * self.latency.fixed_s > rows
-        return min(remaining, slack) if more_coming or self._inflight_batches else 0.0
+        held = self.hold_for_inflight and self._inflight_batches > 0
+        return min(remaining, slack) if more_coming or held else 0.0
 
     # -- dispatch ------------------------------------------------------------------------
     def _pump(self) -> None:

@@ -40,6 +40,12 @@ class BatchingConfig(Frozen):
         "false = wait the full max_queue_delay_us unless full (Triton-style: larger batches, less CPU and a "
         "tighter tail for CPU-bound models under sustained load).",
     )
+    hold_for_inflight: bool = Field(
+        True,
+        description="Adaptive only: while a batch of this model computes, hold the next one (at most "
+        "max_queue_delay_us) until it returns rather than send it to another free slot: fewer, larger batches "
+        "and less CPU; false = a free slot takes it at once (see benchmarks/results/hold.md).",
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> BatchingConfig:

@@ -167,6 +167,23 @@ def test_a_batch_waits_for_the_one_in_flight_instead_of_going_beside_it() -> Non
     asyncio.run(scenario())
 
 
+def test_without_the_hold_a_free_slot_takes_the_batch_beside_the_one_in_flight() -> None:
+    """``hold_for_inflight: false``: a batch in flight is no reason to wait; arrivals still are."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        config = BatchingConfig(max_queue_delay_us=2_000, hold_for_inflight=False)
+        batcher = ModelBatcher("m", "1", config, PoolClient("p"), clock, Metrics())
+        batcher._inflight_batches, batcher._inflight_rows = 1, 8
+        head = batcher.submit(_checked(3), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0
+        held = ModelBatcher("m", "1", BatchingConfig(max_queue_delay_us=2_000), PoolClient("p"), clock, Metrics())
+        held._inflight_batches, held._inflight_rows = 1, 8
+        assert held.close_in(held.submit(_checked(3), deadline=clock.now() + 1), clock.now()) == pytest.approx(0.002)
+
+    asyncio.run(scenario())
+
+
 def test_requests_are_shed_once_the_work_queued_ahead_passes_the_slo() -> None:
     """Workers report 2 ms + 1 ms/row per batch of at most 8 rows, so 10 ms per full batch.
     A request joining q queued rows waits for q // 8 full batches, then its own: within a
