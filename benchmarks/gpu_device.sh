@@ -3,18 +3,25 @@
 # parts benchmarks/gpu_kit.sh made (.gpu-kit/1 .. .gpu-kit/N, copied into this checkout).
 #
 #     bash benchmarks/gpu_device.sh [--preflight] [gpu_check.sh options]
+#     bash benchmarks/gpu_device.sh --module benchmarks.hold [its options]
 #
 # Installs the kit's wheels into a clean environment of its own (a venv without the machine's
 # site-packages, so a CPU onnxruntime there cannot shadow onnxruntime-gpu), finds CUDA 13 and
 # cuDNN 9 libraries wherever the machine keeps them, says which ONNX Runtime's CUDA provider still
-# lacks, and then runs the GPU check. --preflight stops after the checks. Results go to $OUT when
-# it is set (the device tool's output folder), else benchmarks/results.
+# lacks, and then runs the GPU check, or with --module that Python module in the same
+# environment (any benchmark: the kit's onnxruntime-gpu runs CPU pools too). --preflight stops
+# after the checks. Results go to $OUT when it is set (the device tool's output folder), else
+# benchmarks/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preflight=0
+module=""
 if [ "${1:-}" = "--preflight" ]; then
     preflight=1
     shift
+elif [ "${1:-}" = "--module" ]; then
+    module=${2:?--module needs a module name}
+    shift 2
 fi
 work=${BATCHGATE_KIT_DIR:-/tmp/batchgate-kit}
 python=${KIT_PYTHON:-python3}
@@ -72,4 +79,7 @@ if [ "$preflight" = 1 ]; then
     exit 0
 fi
 out=${OUT:-benchmarks/results}
+if [ -n "$module" ]; then
+    PYTHONUNBUFFERED=1 exec "$py" -m "$module" --out "$out" "$@"
+fi
 PYTHON="$py" PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh --out "$out" "$@"
