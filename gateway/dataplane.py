@@ -13,7 +13,8 @@ from typing import Any
 from gateway import __version__
 from gateway.errors import InvalidInput, Unavailable
 from gateway.lifecycle import ModelManager
-from gateway.router import Router, ServedModel
+from gateway.model_table import ServedModel
+from gateway.router import Router
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "model_configuration", "schedule_policy"]
 

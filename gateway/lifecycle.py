@@ -22,10 +22,11 @@ from gateway.config import ConfigError, ServerConfig
 from gateway.errors import BatchgateError, InvalidInput, NotFound
 from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
+from gateway.model_table import ServedModel
 from gateway.pool import PoolClient
 from gateway.replica import LOAD_TIMEOUT_S, error_for, load_request
 from gateway.repository import ModelVersion, RepositoryModel, check_references, scan_model
-from gateway.router import Router, ServedModel
+from gateway.router import Router
 
 log = logging.getLogger("batchgate.lifecycle")
 

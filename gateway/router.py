@@ -14,18 +14,14 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from gateway.batcher import ModelBatcher
 from gateway.clock import Clock
 from gateway.errors import BatchgateError, DeadlineExceeded, NotFound, Overloaded, Unavailable
-from gateway.health import DriftMonitor, OutputMonitor, ShadowTracker
 from gateway.metrics import Metrics
-from gateway.model_config import ModelConfig
-from gateway.pool import PoolClient
+from gateway.model_table import ModelTable, ServedModel
 from gateway.request_queue import Pending
-from gateway.types import Array, InferRequest, InferResponse, OutputTensor, Signature
+from gateway.types import Array, InferRequest, InferResponse, OutputTensor
 from gateway.validation import check_request
 
 log = logging.getLogger("batchgate.router")
@@ -35,31 +31,6 @@ FALLBACK_HEADER = "x-batchgate-fallback"
 
 class CircuitOpen(Unavailable):
     """Every replica of the model's pool is ejected or not ready."""
-
-
-@dataclass
-class ServedModel:
-    """One model version being served: its config, pool, batcher and (once known) signature."""
-
-    name: str
-    version: str
-    config: ModelConfig
-    pool: PoolClient
-    batcher: ModelBatcher
-    path: Path
-    signature: Signature | None = None
-    datatypes: dict[str, str] = field(default_factory=dict)
-    drift: DriftMonitor | None = None
-    shadow: ShadowTracker | None = None
-    outputs: OutputMonitor | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.signature is not None and self.pool.ready_count() > 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 @dataclass(slots=True)
@@ -111,85 +82,20 @@ class _NoGauge:
 _NO_GAUGE = _NoGauge()
 
 
-class Router:
+class Router(ModelTable):
     """Finds the served model for a request and runs it through batchers and fallbacks."""
 
     def __init__(self, clock: Clock, metrics: Metrics, models: Iterable[ServedModel] = ()) -> None:
+        super().__init__()
         self.clock = clock
         self.metrics = metrics
-        self.models: dict[str, dict[str, ServedModel]] = {}
         self._record_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._inflight_children: dict[str, Any] = {}
-        self.canaries: dict[str, tuple[str, float]] = {}  # model -> (version, share of unversioned requests)
-        self.promoted: dict[str, str] = {}
         for served in models:
             self.add(served)
         self.accepting = True
 
-    # -- the served set ---------------------------------------------------------------------
-    def add(self, served: ServedModel) -> None:
-        """Route new requests to ``served`` (replacing an entry for the same version)."""
-        self.models.setdefault(served.name, {})[served.version] = served
-
-    def remove(self, name: str, version: str) -> ServedModel | None:
-        """Stop routing new requests to a version; requests already queued still finish."""
-        versions = self.models.get(name, {})
-        served = versions.pop(version, None)
-        if not versions:
-            self.models.pop(name, None)
-        return served
-
-    def resolve(self, name: str, version: str = "") -> ServedModel:
-        versions = self.models.get(name)
-        if not versions:
-            raise NotFound(f"unknown model '{name}'")
-        if not version:
-            return versions[self.default_version(name, versions)]
-        served = versions.get(version)
-        if served is None:
-            raise NotFound(f"unknown version '{version}' of model '{name}'; serving {sorted(versions, key=int)}")
-        return served
-
-    def default_version(self, name: str, versions: dict[str, ServedModel]) -> str:
-        """What a request naming no version gets: a promoted version, else the newest that is
-        not a canary."""
-        pinned = self.promoted.get(name)
-        if pinned in versions:
-            return pinned
-        canary = self.canaries.get(name)
-        stable = [v for v in versions if canary is None or v != canary[0]] or list(versions)
-        return max(stable, key=int)
-
-    def route(self, name: str, version: str) -> ServedModel:
-        """Like :meth:`resolve`, but a request naming no version may be sent to the canary."""
-        canary = self.canaries.get(name)
-        if (
-            not version
-            and canary is not None
-            and canary[0] in self.models.get(name, {})
-            and random.random() < canary[1]
-        ):
-            return self.models[name][canary[0]]
-        return self.resolve(name, version)
-
-    def set_canary(self, name: str, version: str | None, fraction: float = 0.0) -> None:
-        if version is None:
-            self.canaries.pop(name, None)
-        else:
-            self.canaries[name] = (version, fraction)
-
-    def promote(self, name: str) -> str:
-        """Make the canary the version every request naming no version gets."""
-        canary = self.canaries.pop(name, None)
-        if canary is None or canary[0] not in self.models.get(name, {}):
-            raise NotFound(f"model '{name}' has no canary version being served")
-        self.promoted[name] = canary[0]
-        log.info("model %s: canary version %s promoted", name, canary[0])
-        return canary[0]
-
-    def all_served(self) -> list[ServedModel]:
-        return [served for versions in self.models.values() for served in versions.values()]
-
+    # -- serving state ----------------------------------------------------------------------
     def ready(self) -> bool:
         return self.accepting and all(served.ready for served in self.all_served())
 
