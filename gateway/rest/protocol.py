@@ -4,7 +4,9 @@ uvicorn bounds neither how many connections are open nor how long a client may t
 send its headers, so one slow-loris client can hold a connection (and a buffer) forever.
 This subclass adds, per connection:
 
-- a cap on open connections: one more is answered 503 (v2 error body) and closed;
+- a cap on open connections: one more is answered 503 (v2 error body) and closed, except
+  that a few (:data:`OPS_RESERVE`) may still reach a health probe or ``/metrics``, so an
+  overloaded gateway is not also restarted by its liveness probe or lost to monitoring;
 - a cap on header bytes (httptools has none): past it, 431 and close;
 - a header deadline from the first byte of each request (and from connect, for a client
   that connects and sends nothing): past it, 408 and close;
@@ -34,6 +36,10 @@ from gateway.rest.auth import authorize
 from gateway.rest.infer import WANTED, Answer, InferCall, InferFront, error_answer, infer_target
 
 BODY_GRACE_S = 1.0
+# Connections past the cap that are kept until their request line shows whether they are a
+# probe or a scrape (then answered and closed) or anything else (then 503 and closed).
+OPS_RESERVE = 8
+OPS_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready", b"/metrics"})
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -206,6 +212,7 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: LimitsConfig = LimitsConfig()
     front: InferFront | None = None
     auth: Authenticator | None = None
+    ops_open = 0  # reserve connections in use, per gateway (guarded_protocol makes the class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -213,19 +220,54 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._writer: CoalescingWriter | None = None
+        self._reserve: bytearray | None = None  # past the cap: the bytes before its request line
+        self._reserved = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
-            message = f"too many open connections (limit {self.limits.max_connections}); retry later"
-            transport.write(canned_response(503, message, b"retry-after: 1\r\n"))
-            transport.close()
             self.transport = transport
+            if type(self).ops_open >= OPS_RESERVE:
+                self._refuse()
+                return
+            type(self).ops_open += 1
+            self._reserved = True
+            self._reserve = bytearray()
+            self._arm(self.limits.header_timeout_s, self._refuse)
             return
         super().connection_made(transport)
         self._arm(self.limits.header_timeout_s, self._headers_late)
 
+    def _refuse(self) -> None:
+        self._deadline = None
+        message = f"too many open connections (limit {self.limits.max_connections}); retry later"
+        self.transport.write(canned_response(503, message, b"retry-after: 1\r\n"))
+        self.transport.close()
+
+    def _reserve_received(self, data: bytes) -> bytes | None:
+        """Past the cap: the buffered bytes once the request line names a probe or the
+        metrics (the connection is then served, and closed after the answer); None meanwhile."""
+        assert self._reserve is not None
+        self._reserve += data
+        end = self._reserve.find(b"\r\n")
+        if end < 0:
+            if len(self._reserve) > 1024:
+                self._disarm()
+                self._refuse()
+            return None
+        method, _, rest = bytes(self._reserve[:end]).partition(b" ")
+        if method != b"GET" or rest.partition(b" ")[0].partition(b"?")[0] not in OPS_PATHS:
+            self._disarm()
+            self._refuse()
+            return None
+        buffered, self._reserve = bytes(self._reserve), None
+        super().connection_made(self.transport)  # uvicorn takes it on only now
+        return buffered
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._reserved:
+            self._reserved = False
+            type(self).ops_open -= 1
         if self not in self.connections:  # refused in connection_made: uvicorn never saw it
             return
         super().connection_lost(exc)
@@ -235,6 +277,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.pipeline.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._reserve is not None:
+            buffered = self._reserve_received(data)
+            if buffered is None:
+                return
+            data = buffered
         if self._in_headers:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -267,6 +314,8 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_headers_complete()  # the request's cycle keeps the coalescing writer
         finally:
             self.transport = transport
+        if self._reserved:
+            self.cycle.keep_alive = False  # a reserve connection answers its probe, then closes
         self._arm(self.limits.body_timeout_s + BODY_GRACE_S, self._body_late)
 
     def _direct(self) -> DirectCycle | None:
