@@ -90,6 +90,8 @@ class Pool:
 
     ``send`` returns at once with a future; a connection is opened only when none is idle,
     up to ``limit`` (beyond it the request counts as an error, never silently dropped).
+    ``opened`` counts the connections open or opening: each one the server closes, or that
+    fails, gives its place back, so failures cannot leave the pool thinking it is full.
     """
 
     def __init__(self, host: str, port: int, request: bytes, limit: int) -> None:
@@ -101,9 +103,13 @@ class Pool:
 
     def send(self) -> asyncio.Future[int]:
         result: asyncio.Future[int] = self.loop.create_future()
-        if self.idle:
-            self._use(self.idle.pop(), result, reused=True)
-        elif self.opened < self.limit:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.closed is None:
+                self._use(connection, result, reused=True)
+                return result
+            self.opened -= 1  # closed by the server while idle (keep-alive expiry)
+        if self.opened < self.limit:
             self.opened += 1
             self._open_then_use(result)
         else:
@@ -115,6 +121,7 @@ class Pool:
             try:
                 connection = await Connection.open(self.host, self.port, self.request)
             except OSError as exc:
+                self.opened -= 1
                 result.set_exception(exc)
                 return
             self._use(connection, result, reused=False)
@@ -124,28 +131,31 @@ class Pool:
         task.add_done_callback(self.opening.discard)
 
     def _use(self, connection: Connection, result: asyncio.Future[int], reused: bool) -> None:
-        def answered(answer: asyncio.Future[int]) -> None:
-            error = answer.exception()
-            if error is None:
-                if connection.closed is None:
-                    self.idle.append(connection)
-                else:
-                    self.opened -= 1
-                result.set_result(answer.result())
-            elif reused:
+        def lost(error: BaseException) -> None:
+            self.opened -= 1  # that connection is gone
+            if reused:
                 # An idle connection the server closed (keep-alive expiry) never saw the
                 # request: send it again on a fresh connection, as HTTP clients do.
+                self.opened += 1
                 self._open_then_use(result)
             else:
                 result.set_exception(error)
 
+        def answered(answer: asyncio.Future[int]) -> None:
+            error = answer.exception()
+            if error is not None:
+                lost(error)
+                return
+            if connection.closed is None:
+                self.idle.append(connection)
+            else:
+                self.opened -= 1
+            result.set_result(answer.result())
+
         try:
             answer = connection.call()
         except ConnectionResetError as exc:
-            if reused:
-                self._open_then_use(result)
-            else:
-                result.set_exception(exc)
+            lost(exc)
             return
         answer.add_done_callback(answered)
 
