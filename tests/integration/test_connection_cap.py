@@ -47,14 +47,17 @@ def _exchange(port: int, request: bytes, timeout_s: float = 10.0) -> tuple[int |
     return (int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None), data
 
 
+BODY = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [' + b"0," * 63 + b"0]}]}"
+INFER = b"POST /v2/models/digits_logreg/infer HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+
+
 def _get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode()
 
 
 def test_probes_and_metrics_are_answered_at_the_cap_and_nothing_else_is(capped: GatewayProcess) -> None:
     port = capped.port
-    body = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [' + b"0," * 63 + b"0]}]}"
-    infer = b"POST /v2/models/digits_logreg/infer HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % len(body)
+    infer, body = INFER, BODY
     idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(CAP)]
     try:
         # Each answer ends with the server closing the connection (_exchange reads to EOF).
