@@ -192,7 +192,11 @@ class LimitsConfig(Frozen):
     max_json_depth: int = Field(32, ge=2, description="Nesting of JSON tensor data; deeper gets 400.")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Request line and headers; more get 431.")
     max_connections: int = Field(
-        1024, ge=1, description="Open connections on each front; more get 503 (HTTP) or GOAWAY (gRPC) and are closed."
+        1024,
+        ge=1,
+        description="Open connections on each front; more get 503 (HTTP) or GOAWAY (gRPC) and are closed. Past it, "
+        "8 more HTTP connections may still GET /v2/health/live, /v2/health/ready or /metrics (probes and scrapes "
+        "keep working under overload).",
     )
     max_grpc_rpcs: int = Field(1024, ge=1, description="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")
     header_timeout_s: float = Field(
