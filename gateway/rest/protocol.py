@@ -247,6 +247,8 @@ class GuardedProtocol(HttpToolsProtocol):
         """Past the cap: the buffered bytes once the request line names a probe or the
         metrics (the connection is then served, and closed after the answer); None meanwhile."""
         assert self._reserve is not None
+        if self.transport.is_closing():
+            return None  # refused already: whatever else it sends is dropped
         self._reserve += data
         end = self._reserve.find(b"\r\n")
         if end < 0:
@@ -260,6 +262,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse()
             return None
         buffered, self._reserve = bytes(self._reserve), None
+        self._disarm()
         super().connection_made(self.transport)  # uvicorn takes it on only now
         return buffered
 
