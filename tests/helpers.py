@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,14 @@ def identity_model(types: list[str] = IDENTITY_TYPES, width: int = 3) -> bytes:
     model.ir_version = 9
     data: bytes = model.SerializeToString()
     return data
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``condition`` (every 50 ms) until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 def child_pids(pid: int) -> list[int]:

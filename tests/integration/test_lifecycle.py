@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.helpers import GatewayProcess, child_pids, write_model
+from tests.helpers import GatewayProcess, child_pids, wait_for, write_model
 
 
 def _infer(client: httpclient.InferenceServerClient, seed: int) -> np.ndarray:
@@ -72,6 +72,9 @@ def test_killed_worker_is_restarted_and_requests_keep_succeeding(slow_window_gat
     gateway = slow_window_gateway
     workers = child_pids(gateway.process.pid)
     assert len(workers) == 2
+    # The gateway is ready once one replica is: the other may still be on its first probe,
+    # and killing the only ready one would test a pool with none.
+    wait_for(lambda: gateway.metric("batchgate_replicas_ready", {"pool": "default"}) == 2)
     client = httpclient.InferenceServerClient(gateway.url)
     os.kill(workers[0], signal.SIGKILL)
     failures = 0

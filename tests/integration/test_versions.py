@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import tritonclient.http as httpclient
 
 from gateway.child import free_port
-from tests.helpers import GatewayProcess, write_model
+from tests.helpers import GatewayProcess, wait_for, write_model
 from tests.load import Outcome, closed_loop
 
 POLL_S = 1.0
@@ -141,19 +140,12 @@ def test_a_worker_that_starts_late_gets_every_served_version(tmp_path: Path, dem
         np.testing.assert_allclose(version_1(), expected, atol=1e-6)
         worker.terminate()
         worker.wait(10)
-        _wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 0)
+        wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 0)
         worker = _remote_worker(port, root, tmp_path / "worker.log")
-        _wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 1, timeout_s=60)
+        wait_for(lambda: gateway.metric("batchgate_replicas_ready", ready) == 1, timeout_s=60)
         np.testing.assert_allclose(version_1(), expected, atol=1e-6)
     finally:
         gateway.stop()
         worker.terminate()
         worker.wait(10)
     assert "loading digits:1 on 127.0.0.1" in (tmp_path / "gateway.log").read_text()
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
