@@ -8,6 +8,7 @@ core behind a worker computing a batch (``cpus`` in the server and pool configur
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 _before: frozenset[int] | None = None  # this process's CPUs before confine() first changed them
 
@@ -41,6 +42,17 @@ def format_cpus(cpus: frozenset[int]) -> str:
     return ",".join(parts)
 
 
+def each_thread(apply: Callable[[int], None]) -> None:
+    """Call ``apply`` with the id of every thread of this process, threads that end meanwhile
+    skipped. Threads already started (numpy's, uvloop's) keep their own affinity and policy,
+    so a per-process setting must be applied to each. Other OSErrors propagate."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            apply(int(task))
+        except ProcessLookupError:
+            continue  # that thread has ended
+
+
 def confine(cpus: frozenset[int]) -> None:
     """Run this process, its threads now and every thread it starts later, on ``cpus`` only.
 
@@ -55,15 +67,11 @@ def confine(cpus: frozenset[int]) -> None:
     if absent:
         raise OSError(f"CPUs {format_cpus(frozenset(absent))} do not exist here (CPUs 0-{count - 1})")
     current = frozenset(os.sched_getaffinity(0))
-    # Threads already started (numpy's, uvloop's) keep their own mask: set each one.
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), cpus)
-        except ProcessLookupError:
-            continue  # that thread has ended
-        except OSError as exc:
-            reason = f"{exc.strerror} (outside this container's set?)"
-            raise OSError(f"cannot run on CPUs {format_cpus(cpus)}: {reason}") from None
+    try:
+        each_thread(lambda thread: os.sched_setaffinity(thread, cpus))
+    except OSError as exc:
+        reason = f"{exc.strerror} (outside this container's set?)"
+        raise OSError(f"cannot run on CPUs {format_cpus(cpus)}: {reason}") from None
     if _before is None:
         _before = current
 

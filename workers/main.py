@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
-from workers.affinity import confine, parse_cpus
+from workers.affinity import confine, each_thread, parse_cpus
 from workers.allocator import keep_freed_memory
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
@@ -110,14 +110,10 @@ def batch_scheduling() -> None:
         log.info("SCHED_BATCH is not available here; the worker keeps the default scheduling")
         return
     # Imports have already started threads (numpy's BLAS pool): each thread has its own policy.
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setscheduler(int(task), policy, os.sched_param(0))
-        except ProcessLookupError:
-            continue  # that thread has ended
-        except OSError as exc:  # a seccomp profile may forbid it: serving matters more
-            log.warning("cannot switch to SCHED_BATCH (%s); the worker keeps the default scheduling", exc)
-            return
+    try:
+        each_thread(lambda thread: os.sched_setscheduler(thread, policy, os.sched_param(0)))
+    except OSError as exc:  # a seccomp profile may forbid it: serving matters more
+        log.warning("cannot switch to SCHED_BATCH (%s); the worker keeps the default scheduling", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
