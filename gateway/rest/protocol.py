@@ -238,7 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout_s, self._headers_late)
 
     def _refuse(self) -> None:
-        self._deadline = None
+        self._disarm()  # also when it is that timer's own callback: cancelling a fired handle is a no-op
         message = f"too many open connections (limit {self.limits.max_connections}); retry later"
         self.transport.write(canned_response(503, message, b"retry-after: 1\r\n"))
         self.transport.close()
@@ -253,12 +253,10 @@ class GuardedProtocol(HttpToolsProtocol):
         end = self._reserve.find(b"\r\n")
         if end < 0:
             if len(self._reserve) > 1024:
-                self._disarm()
                 self._refuse()
             return None
         method, _, rest = bytes(self._reserve[:end]).partition(b" ")
         if method != b"GET" or rest.partition(b" ")[0].partition(b"?")[0] not in OPS_PATHS:
-            self._disarm()
             self._refuse()
             return None
         buffered, self._reserve = bytes(self._reserve), None
