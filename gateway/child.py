@@ -47,12 +47,14 @@ class ChildGateway:
         trusts this context."""
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
+        self.metrics_port = free_port()
         self.repository = repository
         self.log_path = log_path
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context is not None else "http"
         argv = [sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository)]
         argv += ["--http-port", str(self.port), "--grpc-port", str(self.grpc_port or -1)]
+        argv += ["--metrics-port", str(self.metrics_port)]
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = log_path.with_suffix(".yaml")

@@ -36,6 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["http"] = http
     if args.grpc_port is not None:
         overrides["grpc"] = {"port": args.grpc_port} if args.grpc_port >= 0 else {"enabled": False}
+    if args.metrics_port is not None:
+        overrides["metrics"] = {"port": args.metrics_port} if args.metrics_port >= 0 else {"enabled": False}
     if args.replicas is not None:
         overrides["pools"] = {"default": {"replicas": args.replicas}}
     try:
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 disables gRPC)")
+    serve.add_argument(
+        "--metrics-port", type=int, help="operations port: /metrics and health probes (default 8002; -1 disables it)"
+    )
     serve.add_argument("--replicas", type=int, help="worker processes in the default pool (default 2)")
     serve.add_argument("--log-format", choices=["json", "text"], default="json")
     serve.set_defaults(handler=_serve)

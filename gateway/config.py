@@ -154,6 +154,20 @@ class GRPCConfig(Frozen):
     )
 
 
+class MetricsConfig(Frozen):
+    """The operations port: /metrics and the health probes on a socket of their own."""
+
+    enabled: bool = Field(True, description="Serve the operations port next to HTTP and gRPC.")
+    host: str | None = Field(None, description="Listen address; empty = the same as http.host.")
+    port: int = Field(
+        8002,
+        ge=0,
+        le=65535,
+        description="Port for GET /metrics, /v2/health/live and /v2/health/ready, plain HTTP (0 = any free port). "
+        "Probes and scrapes sent here are answered when a connection storm fills the HTTP port's accept queue.",
+    )
+
+
 class TLSConfig(Frozen):
     """TLS on the HTTP and gRPC listeners (off unless a certificate is given)."""
 
@@ -268,6 +282,7 @@ class ServerConfig(Frozen):
     )
     http: HTTPConfig = Field(default_factory=HTTPConfig, description="The HTTP listener.")
     grpc: GRPCConfig = Field(default_factory=GRPCConfig, description="The gRPC listener.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The operations port.")
     pools: dict[str, PoolConfig] = Field(
         default_factory=lambda: {"default": PoolConfig()}, description="Worker pools by name; models pick one."
     )

@@ -4,7 +4,8 @@ Under overload every connection can be taken by clients waiting for answers. If 
 the cap's 503 too, Kubernetes would restart an overloaded gateway (liveness) and monitoring
 would go blind exactly when it matters. A few connections past the cap are therefore kept
 until their request line shows what they want: a probe or a scrape is answered (and the
-connection closed), anything else gets the usual 503.
+connection closed), anything else gets the usual 503. The operations port (``metrics.port``)
+does not share the HTTP port's cap at all.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ BODY = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "da
 INFER = b"POST /v2/models/digits_logreg/infer HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % len(BODY)
 
 
-def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode()
+def _get(path: str, close: bool = False) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: gateway\r\n{connection}\r\n".encode()
 
 
 def test_probes_and_metrics_are_answered_at_the_cap_and_nothing_else_is(capped: GatewayProcess) -> None:
@@ -78,6 +80,12 @@ def test_probes_and_metrics_are_answered_at_the_cap_and_nothing_else_is(capped: 
         try:
             status, raw = _exchange(port, b"", timeout_s=5.0)
             assert status == 503 and b"too many open connections" in raw, raw[:300]
+            # The operations port has its own socket, queue and cap: still answered there.
+            ops = capped.metrics_port
+            assert _exchange(ops, _get("/v2/health/live", close=True))[0] == 200
+            assert _exchange(ops, _get("/v2/health/ready", close=True))[0] == 200
+            status, raw = _exchange(ops, _get("/metrics", close=True))
+            assert status == 200 and b"batchgate_requests_total" in raw, raw[:300]
         finally:
             for sock in silent:
                 sock.close()

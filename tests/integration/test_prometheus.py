@@ -1,4 +1,5 @@
-"""The Prometheus signal source against a real Prometheus server scraping two real gateways."""
+"""The Prometheus signal source against a real Prometheus server scraping two real gateways,
+on their operations ports as the ServiceMonitor does."""
 
 from __future__ import annotations
 
@@ -92,7 +93,12 @@ def test_prometheus_readings_match_the_gateways_own(two_gateways: list[GatewayPr
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "batchgate", "static_configs": [{"targets": [g.url for g in two_gateways]}]}],
+        "scrape_configs": [
+            {
+                "job_name": "batchgate",
+                "static_configs": [{"targets": [f"127.0.0.1:{g.metrics_port}" for g in two_gateways]}],
+            }
+        ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prometheus = subprocess.Popen(

@@ -18,6 +18,7 @@ import yaml
 from gateway.autoscaler.kube import CONTROLLER_RULES, GATEWAY_RULES
 from gateway.config import ServerConfig
 from gateway.metrics import Metrics
+from gateway.ops_port import PATHS as OPS_PATHS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -104,10 +105,10 @@ def test_ports_probes_and_config_match_the_gateway() -> None:
     paths = {route.path for route in RestAPI.routes(RestAPI.__new__(RestAPI))}
     gateway = _container(docs, "batchgate-gateway")
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
-    assert ports == {"http": config.http.port, "grpc": config.grpc.port}
+    assert ports == {"http": config.http.port, "grpc": config.grpc.port, "metrics": config.metrics.port}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert gateway[probe]["httpGet"]["path"] in paths
-        assert gateway[probe]["httpGet"]["port"] == "http"
+        assert gateway[probe]["httpGet"]["path"] in paths & OPS_PATHS
+        assert gateway[probe]["httpGet"]["port"] == "metrics"  # not behind clients in the HTTP accept queue
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     worker = _container(docs, "batchgate-workers")
     listen = worker["args"][worker["args"].index("--listen") + 1]

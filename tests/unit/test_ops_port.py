@@ -1,0 +1,178 @@
+"""The operations port answers its three paths, refuses everything else with a v2 error, and
+bounds what a client can hold: connections, request size and time.
+
+Each test runs the real listener on a loopback port in this process and talks raw HTTP/1.1
+to it, so what is checked is what a kubelet probe or a Prometheus scrape would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gateway import ops_port
+from gateway.auth import Authenticator, Principal, hash_token
+from gateway.config import LimitsConfig
+from gateway.metrics import Metrics
+from gateway.ops_port import OpsPort
+
+Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def run(
+    test: Callable[[OpsPort, int], Awaitable[None]],
+    ready: Callable[[], bool] = lambda: True,
+    limits: LimitsConfig | None = None,
+    auth: Authenticator | None = None,
+) -> None:
+    async def main() -> None:
+        port = OpsPort(Metrics(), ready, limits or LimitsConfig(), auth)
+        number = await port.start("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(test(port, number), timeout=20)
+        finally:
+            await port.stop()
+
+    asyncio.run(main())
+
+
+async def response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response off the connection: status, headers, and the body its length announces."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def shut(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await writer.wait_closed()
+
+
+def request(method: str, path: str, extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: ops\r\n{extra}\r\n".encode()
+
+
+def test_metrics_and_probes_on_one_kept_alive_connection() -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        port.metrics.requests.labels("m", "1", "200").inc(3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/metrics"))
+        status, headers, body = await response(reader)
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        assert 'batchgate_requests_total{code="200",model="m",version="1"} 3.0' in body.decode()
+        # Pipelined on the same connection: HEAD announces the length and sends no body, so
+        # the next response must start right where the head ends.
+        writer.write(request("HEAD", "/metrics") + request("GET", "/v2/health/live"))
+        status, headers, _ = await response_head_only(reader)
+        assert status == 200 and int(headers["content-length"]) > 0
+        status, _, body = await response(reader)
+        assert (status, body) == (200, b"")
+        await shut(writer)
+
+    run(check)
+
+
+async def response_head_only(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    return int(lines[0].split()[1]), headers, b""
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_readiness_follows_the_gateway(ready: bool) -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/v2/health/ready?verbose=1"))
+        assert (await response(reader))[0] == (200 if ready else 503)
+        writer.write(request("GET", "/v2/health/live"))
+        assert (await response(reader))[0] == 200  # live whatever readiness says
+        await shut(writer)
+
+    run(check, ready=lambda: ready)
+
+
+def test_other_paths_and_methods_get_v2_errors() -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/v2/models/mlp"))
+        status, headers, body = await response(reader)
+        assert status == 404 and headers["content-type"] == "application/json"
+        assert "/metrics" in json.loads(body)["error"]
+        writer.write(request("POST", "/metrics", "Content-Length: 2\r\n") + b"{}")
+        status, headers, body = await response(reader)
+        assert status == 405 and headers["allow"] == "GET, HEAD" and "error" in json.loads(body)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, body = await response(reader)
+        assert status == 400 and headers["connection"] == "close" and "error" in json.loads(body)
+        assert await reader.read() == b""  # and closed
+        await shut(writer)
+
+    run(check)
+
+
+def test_connections_past_the_cap_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops_port, "MAX_CONNECTIONS", 3)
+
+    async def check(port: OpsPort, number: int) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", number) for _ in range(3)]
+        reader, writer = held[-1]
+        writer.write(request("GET", "/v2/health/live"))
+        assert (await response(reader))[0] == 200  # the third is in
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        status, _, body = await response(reader)  # refused before it sends anything
+        assert status == 503 and "limit 3" in json.loads(body)["error"]
+        assert await reader.read() == b""
+        await shut(writer)
+        for _, other in held:
+            await shut(other)
+
+    run(check)
+
+
+def test_a_slow_request_gets_408_and_a_large_one_413() -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(b"GET /metr")  # and nothing more: the deadline answers
+        status, _, body = await response(reader)
+        assert status == 408 and "error" in json.loads(body)
+        assert await reader.read() == b""
+        await shut(writer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/metrics", "X-Pad: " + "a" * 2000 + "\r\n"))
+        status, _, body = await response(reader)
+        assert status == 413 and "1024 bytes" in json.loads(body)["error"]
+        await shut(writer)
+
+    run(check, limits=LimitsConfig(header_timeout_s=0.2, max_header_bytes=1024))
+
+
+def test_tokens_apply_as_on_the_http_port() -> None:
+    auth = Authenticator([(hash_token("s3cret"), Principal("ops", None, False))], frozenset({"/v2/health/live"}))
+
+    async def check(port: OpsPort, number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/v2/health/live"))
+        assert (await response(reader))[0] == 200  # public
+        writer.write(request("GET", "/metrics"))
+        status, _, body = await response(reader)
+        assert status == 401 and "bearer" in json.loads(body)["error"].lower()
+        writer.write(request("GET", "/metrics", "Authorization: Bearer s3cret\r\n"))
+        assert (await response(reader))[0] == 200
+        await shut(writer)
+
+    run(check, auth=auth)
+
+
+def test_a_port_in_use_is_named_in_the_error() -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        other = OpsPort(Metrics(), lambda: True, LimitsConfig())
+        with pytest.raises(OSError, match=f"metrics port 127.0.0.1:{number}"):
+            await other.start("127.0.0.1", number)
+
+    run(check)
