@@ -39,6 +39,6 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000 8001 8002 9000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/live', timeout=2).status != 200)"]
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8002/v2/health/live', timeout=2).status != 200)"]
 ENTRYPOINT ["batchgate"]
 CMD ["serve", "--host", "0.0.0.0", "--model-repository", "/models"]
