@@ -121,6 +121,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.port.connections.discard(self)
         self._disarm()
+        # The parser points back here: without this, every probe's connection would wait
+        # for the collector (the HTTP port frees its connections the same way).
+        self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -8,7 +8,9 @@ to it, so what is checked is what a kubelet probe or a Prometheus scrape would s
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -176,3 +178,28 @@ def test_a_port_in_use_is_named_in_the_error() -> None:
             await other.start("127.0.0.1", number)
 
     run(check)
+
+
+def test_a_closed_connection_is_freed_without_the_collector() -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/v2/health/live"))
+        assert (await response(reader))[0] == 200  # kept alive: the server side is there now
+        (connection,) = port.connections
+        freed = weakref.ref(connection)
+        del connection
+        writer.write(request("GET", "/v2/health/live", "Connection: close\r\n"))
+        assert (await response(reader))[0] == 200
+        assert await reader.read() == b""  # the server closed it
+        await shut(writer)
+        for _ in range(100):  # connection_lost runs a loop turn or two after the close
+            if freed() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert freed() is None and not port.connections
+
+    gc.disable()
+    try:
+        run(check)
+    finally:
+        gc.enable()
