@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import cast
 
 import httptools
@@ -32,6 +31,7 @@ from gateway.config import LimitsConfig
 from gateway.errors import BatchgateError
 from gateway.metrics import Metrics
 from gateway.rest.auth import authorize
+from gateway.rest.protocol import STATUS_LINES, canned_response
 
 log = logging.getLogger("batchgate")
 
@@ -91,10 +91,9 @@ class OpsPort:
 
 
 def _head(status: int, content_type: bytes, length: int, extra: bytes, keep_alive: bool) -> bytes:
-    reason = HTTPStatus(status).phrase.encode()
     connection = b"" if keep_alive else b"connection: close\r\n"
     fields = b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, length)
-    return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, reason, fields, connection, extra)
+    return STATUS_LINES[status] + fields + connection + extra + b"\r\n"
 
 
 class _Connection(asyncio.Protocol):
@@ -174,8 +173,7 @@ class _Connection(asyncio.Protocol):
     # -- errors and timers -------------------------------------------------------------------
     def _fail(self, status: int, message: str) -> None:
         assert self.transport is not None
-        body = error_body(message)
-        self.transport.write(_head(status, b"application/json", len(body), b"", keep_alive=False) + body)
+        self.transport.write(canned_response(status, message))
         self.transport.close()
         self._disarm()
 

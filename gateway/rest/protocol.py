@@ -40,18 +40,13 @@ BODY_GRACE_S = 1.0
 # probe or a scrape (then answered and closed) or anything else (then 503 and closed).
 OPS_RESERVE = 8
 OPS_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready", b"/metrics"})
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
+STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 
 
 def canned_response(status: int, message: str, extra: bytes = b"") -> bytes:
     """A complete HTTP/1.1 response that closes the connection, with a v2 error body."""
     body = error_body(message)
-    head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+    head = STATUS_LINES[status]
     fields = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body)
     return head + fields + extra + b"\r\n" + body
 
@@ -91,7 +86,6 @@ class CoalescingWriter:
         return getattr(self._transport, name)
 
 
-_STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 # What the direct path reads: the inference headers, and those that send a request the
 # general way (a proxy's client address, a chunked body, credentials to check).
 _DIRECT_HEADERS = WANTED | {b"authorization", b"transfer-encoding", b"x-forwarded-for"}
@@ -187,7 +181,7 @@ class DirectCycle:
         transport = protocol.transport
         if transport.is_closing():
             return
-        head = [_STATUS_LINES[status]]
+        head = [STATUS_LINES[status]]
         for name, value in protocol.server_state.default_headers:
             head += (name, b": ", value, b"\r\n")
         head.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, len(body)))

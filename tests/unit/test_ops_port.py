@@ -41,12 +41,13 @@ def run(
     asyncio.run(main())
 
 
-async def response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One response off the connection: status, headers, and the body its length announces."""
+async def response(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One response off the connection: status, headers, and the body its length announces
+    (none after ``head_only``: the answer to a HEAD)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    body = b"" if head_only else await reader.readexactly(int(headers.get("content-length", "0")))
     return int(lines[0].split()[1]), headers, body
 
 
@@ -70,20 +71,13 @@ def test_metrics_and_probes_on_one_kept_alive_connection() -> None:
         # Pipelined on the same connection: HEAD announces the length and sends no body, so
         # the next response must start right where the head ends.
         writer.write(request("HEAD", "/metrics") + request("GET", "/v2/health/live"))
-        status, headers, _ = await response_head_only(reader)
+        status, headers, _ = await response(reader, head_only=True)
         assert status == 200 and int(headers["content-length"]) > 0
         status, _, body = await response(reader)
         assert (status, body) == (200, b"")
         await shut(writer)
 
     run(check)
-
-
-async def response_head_only(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    return int(lines[0].split()[1]), headers, b""
 
 
 @pytest.mark.parametrize("ready", [True, False])
