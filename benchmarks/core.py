@@ -43,6 +43,7 @@ from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.report import BATCHES, markdown, plot
 from gateway.child import ChildGateway, free_port
+from workers.affinity import usable_cpus
 from workers.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": usable_cpus(),  # the CPU set and cgroup quota: a taskset run counts its CPUs
+        "host_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
         "duration": args.duration,

@@ -246,6 +246,12 @@ def _capacity_check(check: dict[str, float]) -> list[str]:
     ]
 
 
+def cpus_text(meta: dict[str, Any]) -> str:
+    """'2 CPUs', or '2 CPUs (of 16 on the host)' when the run was confined to some of them."""
+    host = meta.get("host_cpus")
+    return f"{meta['cpus']} CPUs" + (f" (of {host} on the host)" if host and host != meta["cpus"] else "")
+
+
 def markdown(
     raw: list[dict[str, Any]],
     latency: dict[str, float],
@@ -257,7 +263,7 @@ def markdown(
         "# Core benchmark: batchgate vs raw ONNX Runtime vs peers",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; {meta['date']}  ",
+        f"Machine: {meta['machine']}; {cpus_text(meta)}; Python {meta['python']}; {meta['date']}  ",
         f"Load: one item per request, {meta['duration']} s measured after {meta['warmup']} s warm-up; closed loop "
         "(users) or open loop (Poisson arrivals at a rate, latency from the scheduled arrival). The load generator "
         "runs in its own process (its CPU share is reported): pre-encoded keep-alive HTTP/1.1, or for gRPC a minimal "

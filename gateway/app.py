@@ -7,7 +7,6 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from gateway.rest.routes import RestAPI, build_app
 from gateway.router import Router
 from gateway.supervisor import LocalSupervisor
 from gateway.tasks import spawn
+from workers.affinity import usable_cpus
 
 log = logging.getLogger("batchgate")
 
@@ -154,7 +154,7 @@ class Gateway:
                 min_replicas=self.config.pools[name].replicas,
                 max_replicas=max(
                     self.config.pools[name].replicas,
-                    (os.cpu_count() or 1) // self.config.pools[name].concurrent_runs,
+                    usable_cpus() // self.config.pools[name].concurrent_runs,
                 ),
             )
             for name in pools

@@ -79,7 +79,11 @@ class PoolConfig(Frozen):
 
     replicas: int = Field(2, ge=0, description="Local worker processes to start.")
     threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per run; 0 = cores / (replicas x concurrent_runs)."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per run; 0 = usable CPUs / (replicas x concurrent_runs), "
+        "where usable CPUs honour the CPU set (taskset, cpuset) and the cgroup CPU quota (a container or "
+        "Kubernetes CPU limit), not the host's core count.",
     )
     concurrent_runs: int = Field(
         1,

@@ -7,8 +7,10 @@ core behind a worker computing a batch (``cpus`` in the server and pool configur
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 _before: frozenset[int] | None = None  # this process's CPUs before confine() first changed them
 
@@ -83,3 +85,72 @@ def before_confined() -> frozenset[int] | None:
     gateway is given this one back unless its pool names its own.
     """
     return _before
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """How many CPUs this process may keep busy: its CPU set (the one from before
+    :func:`confine`, which workers are given back), capped by its cgroup's CPU quota.
+
+    ``os.cpu_count()`` is the host's count: under ``taskset``, ``docker --cpuset-cpus``,
+    ``docker --cpus 2`` or a Kubernetes CPU limit on a 64-core node it would size every
+    replica's thread pool for 64 cores, and the kernel would throttle the threads that do
+    not fit. A fractional quota rounds down (1.5 CPUs: 1), never below 1.
+    """
+    cpus = before_confined() or (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
+    count = len(cpus) if cpus else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        count = min(count, max(1, math.floor(quota)))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: Path, proc_cgroup: Path) -> float | None:
+    """The tightest CPU quota (in CPUs) on this process's cgroup and its ancestors; None when
+    unlimited or unknown. cgroup v2 reads ``cpu.max``; v1 the cpu controller's CFS files."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas: list[float] = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":  # v2: "0::/path"
+            quotas += [q for d in _ancestors(root, path) if (q := _v2_quota(d / "cpu.max")) is not None]
+        elif "cpu" in controllers.split(","):
+            for mount in (root / controllers, root / "cpu", root / "cpu,cpuacct"):
+                if mount.is_dir():
+                    quotas += [q for d in _ancestors(mount, path) if (q := _v1_quota(d)) is not None]
+                    break
+    return min(quotas) if quotas else None
+
+
+def _ancestors(root: Path, path: str) -> list[Path]:
+    """``root/path`` and each folder above it up to ``root``, those that exist. Inside a
+    container's cgroup namespace the path is ``/`` and ``root`` is the container's own."""
+    parts = [part for part in path.split("/") if part and part != ".."]
+    folders = [root.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _v2_quota(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:  # -1: unlimited
+        return None
+    return quota / period
