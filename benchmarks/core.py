@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401  (the plots are drawn last: better to learn it now)
+    except ImportError:
+        parser.error("matplotlib, which draws the plots, is not installed: pip install -e '.[bench]'")
     keep_freed_memory()  # for the raw sweep in this process, as batchgate's processes do
     users = [int(u) for u in args.users.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

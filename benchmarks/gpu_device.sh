@@ -44,24 +44,27 @@ echo "gpu_device: installing $(ls "$work/wheels" | wc -l) wheels with $("$python
 py="$work/env/bin/python"
 export PYTHONPATH="$work/site"
 
-# CUDA 13 and cuDNN 9, from a toolkit, the system or any Python environment's nvidia-* packages.
-needed="libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcufft.so.12 libcurand.so.10 libcudnn.so.9"
-dirs=""
-for lib in $needed; do
-    found=$(find /usr/local /usr/lib /usr/lib64 /opt "$HOME" -name "$lib" 2>/dev/null | head -1 || true)
-    if [ -n "$found" ]; then
-        dirs="$dirs:$(dirname "$found")"
-    else
-        echo "gpu_device: $lib not found on this machine"
-    fi
-done
-export LD_LIBRARY_PATH="${dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "gpu_device: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+# CUDA 13 and cuDNN 9, from a toolkit, the system or any Python environment's nvidia-* packages;
+# a CPU kit (KIT=cpu) has no CUDA provider to look for them for.
 provider="$work/site/onnxruntime/capi/libonnxruntime_providers_cuda.so"
-missing=$(ldd "$provider" | grep "not found" || true)
-if [ -n "$missing" ]; then
-    echo "gpu_device: ONNX Runtime's CUDA provider still lacks:" >&2
-    echo "$missing" >&2
+if [ -f "$provider" ]; then
+    needed="libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcufft.so.12 libcurand.so.10 libcudnn.so.9"
+    dirs=""
+    for lib in $needed; do
+        found=$(find /usr/local /usr/lib /usr/lib64 /opt "$HOME" -name "$lib" 2>/dev/null | head -1 || true)
+        if [ -n "$found" ]; then
+            dirs="$dirs:$(dirname "$found")"
+        else
+            echo "gpu_device: $lib not found on this machine"
+        fi
+    done
+    export LD_LIBRARY_PATH="${dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "gpu_device: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    missing=$(ldd "$provider" | grep "not found" || true)
+    if [ -n "$missing" ]; then
+        echo "gpu_device: ONNX Runtime's CUDA provider still lacks:" >&2
+        echo "$missing" >&2
+    fi
 fi
 "$py" - <<'PY'
 import onnx  # noqa: F401  (the check builds its models with it)

@@ -8,6 +8,13 @@
 # splits them into .gpu-kit/1, .gpu-kit/2, ... of at most PART_MIB MiB each (default 55), for
 # transfers capped at 64 MiB. Copy those folders to the GPU machine's checkout one by one, then
 # run there: bash benchmarks/gpu_device.sh
+#
+#     KIT=cpu bash benchmarks/gpu_kit.sh [PART_MIB]
+# packs the CPU wheel, the whole `demo` extra and matplotlib instead, for `python -m benchmarks`
+# (it builds the demo models and draws plots) on that machine's CPUs:
+#     taskset -c 2,3 bash benchmarks/gpu_device.sh --module benchmarks [its options]
+# Either kit leaves out what only tritonclient's HTTP client needs (gevent, aiohttp and
+# theirs): nothing the servers or the benchmarks import.
 # onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; the GPU machine must have those libraries
 # (gpu_device.sh looks for them and says which are missing).
 set -euo pipefail
@@ -17,12 +24,16 @@ kit=.gpu-kit
 python=${PYTHON:-python3}
 rm -rf "$kit"
 mkdir -p "$kit/wheels"
-"$python" - > "$kit/requirements.txt" <<'PY'
+KIT=${KIT:-gpu} "$python" - > "$kit/requirements.txt" <<'PY'
+import os
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = project["optional-dependencies"]
-onnx = [r for r in extras["demo"] if r.startswith("onnx")]
-for requirement in project["dependencies"] + extras["gpu"] + onnx:
+if os.environ["KIT"] == "cpu":
+    wanted = extras["cpu"] + extras["demo"] + [r for r in extras["bench"] if r.startswith("matplotlib")]
+else:
+    wanted = extras["gpu"] + [r for r in extras["demo"] if r.startswith("onnx")]
+for requirement in project["dependencies"] + wanted:
     print(requirement)
 PY
 echo "gpu_kit: downloading $(wc -l < "$kit/requirements.txt") requirements and their dependencies for CPython 3.12 ..."
@@ -30,6 +41,7 @@ echo "gpu_kit: downloading $(wc -l < "$kit/requirements.txt") requirements and t
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$kit/wheels" -r "$kit/requirements.txt"
+rm -f "$kit"/wheels/{gevent,geventhttpclient,zope,greenlet,aiohttp,aiohappyeyeballs,aiosignal,frozenlist,multidict,yarl,propcache,brotli}[-_.]*.whl
 echo "gpu_kit: $(ls "$kit/wheels" | wc -l) wheels, $(du -sm "$kit/wheels" | cut -f1) MiB"
 tar -cf "$kit/kit.tar" -C "$kit" wheels
 (cd "$kit" && sha256sum kit.tar > kit.tar.sha256 && split -b "${part_mib}m" -d -a 2 kit.tar part-)

@@ -1,9 +1,15 @@
-"""The benchmark report's verdicts on targets 1 (64 users), 2 (mlp_xl) and 4 (open-loop tail), from made-up runs."""
+"""The benchmark report's verdicts on targets 1 (64 users), 2 (mlp_xl) and 4 (open-loop tail), from made-up
+runs; and what the harness checks before it starts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 from benchmarks.measure import Row
-from benchmarks.report import targets
+from benchmarks.report import cpus_text, targets
 
 
 def _open(system: str, p50: float, p99: float, rate: float = 7000.0) -> Row:
@@ -93,3 +99,20 @@ def test_target_2_names_the_ceiling_64_users_can_reach() -> None:
     assert "**0.75x** raw best (2000.0, batch 128, 2 threads) — NOT met" in lines[0]
     assert "raw at batch 64, 2 threads, is 1700.0 items/s = 0.85x raw best" in lines[1]
     assert "batchgate reaches **0.88x** of it" in lines[1]
+
+
+def test_the_machine_line_says_when_the_run_had_fewer_cpus_than_the_host() -> None:
+    assert cpus_text({"cpus": 2, "host_cpus": 16}) == "2 CPUs (of 16 on the host)"
+    assert cpus_text({"cpus": 2, "host_cpus": 2}) == "2 CPUs"
+    assert cpus_text({"cpus": 4}) == "4 CPUs"  # results written before host_cpus was recorded
+
+
+def test_the_harness_refuses_to_start_without_matplotlib_instead_of_failing_after_the_run() -> None:
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\nfrom benchmarks.core import main\nmain(['--out', sys.argv[1]])\n"
+    )
+    with tempfile.TemporaryDirectory() as out:
+        result = subprocess.run([sys.executable, "-c", script, out], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "matplotlib, which draws the plots, is not installed" in result.stderr
+        assert os.listdir(out) == []  # nothing measured, nothing written
