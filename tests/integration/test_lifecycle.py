@@ -17,6 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.helpers import GatewayProcess, child_pids, wait_for, write_model
+from workers.affinity import usable_cpus
 
 
 def _infer(client: httpclient.InferenceServerClient, seed: int) -> np.ndarray:
@@ -241,7 +242,7 @@ def test_one_worker_takes_a_second_batch_while_the_first_computes(tmp_path: Path
         assert len(workers) == 1
         argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--concurrent-runs") + 1] == b"2"
-        assert argv[argv.index(b"--threads") + 1] == str(max(1, (os.cpu_count() or 1) // 2)).encode()
+        assert argv[argv.index(b"--threads") + 1] == str(max(1, usable_cpus() // 2)).encode()
         with socket.create_connection(("127.0.0.1", gateway.port)) as first:
             first.sendall(request)
             _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == 1)

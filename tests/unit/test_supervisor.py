@@ -20,7 +20,7 @@ def _threads(argv: list[str]) -> int:
 def test_auto_threads_share_the_cores_among_the_workers_running(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(supervisor, "usable_cpus", lambda: 8)
     local = LocalSupervisor(PoolClient("p"), PoolConfig(replicas=1), lambda: [], Metrics(), tmp_path)
     assert _threads(local.command("unix:/a")) == 8  # alone: every core
     local.workers[0] = WorkerProcess(0, "unix:/a", None)
@@ -43,7 +43,7 @@ def test_batch_scheduling_is_passed_on_unless_turned_off(tmp_path: Path) -> None
 def test_concurrent_runs_are_passed_on_and_share_the_auto_threads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(supervisor, "usable_cpus", lambda: 8)
 
     def command(config: PoolConfig) -> list[str]:
         return LocalSupervisor(PoolClient("p"), config, lambda: [], Metrics(), tmp_path).command("unix:/a")
@@ -59,7 +59,7 @@ def test_concurrent_runs_are_passed_on_and_share_the_auto_threads(
 def test_a_confined_pool_passes_its_cpus_and_sizes_its_threads_to_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(supervisor, "usable_cpus", lambda: 8)
     argv = LocalSupervisor(
         PoolClient("p"), PoolConfig(replicas=2, cpus="2-5"), lambda: [], Metrics(), tmp_path
     ).command("unix:/a")
