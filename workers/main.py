@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
-from workers.affinity import confine, each_thread, parse_cpus
+from workers.affinity import confine, each_thread, parse_cpus, usable_cpus
 from workers.allocator import keep_freed_memory
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
@@ -64,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen-local", type=Path, help="also serve the framed local fast path on this unix socket path"
     )
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads per run; 0 (default) = usable CPUs / --concurrent-runs, where "
+        "usable CPUs honour --cpus, the CPU set and the cgroup CPU quota (a pod's CPU limit)",
+    )
     parser.add_argument(
         "--concurrent-runs",
         type=int,
@@ -116,11 +122,20 @@ def batch_scheduling() -> None:
         log.warning("cannot switch to SCHED_BATCH (%s); the worker keeps the default scheduling", exc)
 
 
+def auto_threads(cpus: str | None, concurrent_runs: int) -> int:
+    """Threads per run that fill this worker's CPUs without oversubscribing them: a worker in
+    a pod limited to 4 CPUs runs 4 (or 2 each for 2 concurrent runs), whatever the node has."""
+    available = usable_cpus()
+    if cpus is not None:
+        available = min(available, len(parse_cpus(cpus)))
+    return max(1, available // concurrent_runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.concurrent_runs < 1:
-        parser.error("--threads and --concurrent-runs must be at least 1")
+    if args.threads < 0 or args.concurrent_runs < 1:
+        parser.error("--threads must be 0 (auto) or more, and --concurrent-runs at least 1")
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s",
@@ -140,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         log.info("running on CPUs %s", args.cpus)
     keep_freed_memory()
+    if not args.threads:
+        args.threads = auto_threads(args.cpus, args.concurrent_runs)
     specs = list(args.model)
     if args.model_repository:
         specs.extend(scan_repository(args.model_repository))
