@@ -11,7 +11,7 @@
 # lacks, and then runs the GPU check, or with --module that Python module in the same
 # environment (any benchmark: the kit's onnxruntime-gpu runs CPU pools too). --preflight stops
 # after the checks. Results go to $OUT when it is set (the device tool's output folder), else
-# benchmarks/results.
+# benchmarks/results, unless the options give their own --out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preflight=0
@@ -81,8 +81,13 @@ if [ "$preflight" = 1 ]; then
     echo "gpu_device: preflight done"
     exit 0
 fi
-out=${OUT:-benchmarks/results}
+# With an --out of their own, the options are passed on as given (and recorded so).
+out=()
+case " $* " in
+    *" --out "* | *" --out="*) ;;
+    *) out=(--out "${OUT:-benchmarks/results}") ;;
+esac
 if [ -n "$module" ]; then
-    PYTHONUNBUFFERED=1 exec "$py" -m "$module" --out "$out" "$@"
+    PYTHONUNBUFFERED=1 exec "$py" -m "$module" "${out[@]}" "$@"
 fi
-PYTHON="$py" PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh --out "$out" "$@"
+PYTHON="$py" PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh "${out[@]}" "$@"
