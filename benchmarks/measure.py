@@ -39,6 +39,10 @@ class Row:
     requests: int = 0  # answered 200 in the measured window (errors not included)
     rows_per_batch: float | None = None  # mean batch the server ran (its v2 statistics), if it reports them
     error_kinds: dict[str, int] = field(default_factory=dict)  # e.g. {"HTTP 429": 12}: what the errors were
+    # The server's own process first, then each child (batchgate's workers), in % of one CPU.
+    cpu_by_process: list[float] = field(default_factory=list)
+    # Share of the run in which some runnable task waited for a CPU (/proc/pressure/cpu "some").
+    cpu_pressure: float | None = None
 
     def errors_text(self) -> str:
         """The error count, with what the errors were when there were any."""
@@ -78,16 +82,28 @@ def proc_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def process_cpu_seconds(pids: list[int]) -> list[float]:
+    """User plus system CPU seconds of each process (0 for one that has gone)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    seconds = []
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            seconds.append((int(fields[11]) + int(fields[12])) / tick)
         except (OSError, IndexError):
-            pass
-    return total
+            seconds.append(0.0)
+    return seconds
+
+
+def cpu_pressure_us() -> int | None:
+    """Microseconds in which some runnable task waited for a CPU, since boot; None without PSI."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rpartition("total=")[2])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -172,7 +188,8 @@ def measure(
     """
     counts0 = batch_counts(stats_port, model) if stats_port else None
     pids = proc_tree(server.pid)
-    cpu0 = cpu_seconds(pids)
+    cpu0 = process_cpu_seconds(pids)
+    pressure0 = cpu_pressure_us()
     wall0 = time.perf_counter()
     argv = [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), "--path", f"/v2/models/{model}/infer"]
     argv += ["--body", str(body[0]), "--duration", str(duration), "--warmup", str(warmup)]
@@ -182,6 +199,9 @@ def measure(
     argv += body[1]
     output = subprocess.run(argv, capture_output=True, check=True, timeout=duration + warmup + 120)
     wall = time.perf_counter() - wall0
+    by_process = [(after - before) / wall * 100 for before, after in zip(cpu0, process_cpu_seconds(pids), strict=True)]
+    pressure1 = cpu_pressure_us()
+    pressure = None if pressure0 is None or pressure1 is None else (pressure1 - pressure0) / 1e6 / wall
     result = json.loads(output.stdout)
     counts1 = batch_counts(stats_port, model) if counts0 is not None else None
     rows_per_batch = None
@@ -197,7 +217,7 @@ def measure(
         p99_ms=result["p99_ms"],
         p999_ms=result["p999_ms"],
         errors=result["errors"],
-        server_cpu_pct=(cpu_seconds(pids) - cpu0) / wall * 100,
+        server_cpu_pct=sum(by_process),
         server_rss_mb=rss_mb(pids),
         loadgen_cpu_pct=result["loadgen_cpu_share"] * 100,
         rate=rate,
@@ -205,12 +225,16 @@ def measure(
         requests=result["requests"],
         rows_per_batch=rows_per_batch,
         error_kinds=result.get("error_kinds", {}),
+        cpu_by_process=by_process,
+        cpu_pressure=pressure,
     )
     load = f"rate={rate:.0f}/s" if rate else f"users={users:3d}"
+    split = "/".join(f"{share:.0f}" for share in by_process)
     print(
         f"  {system:12s} {model:10s} {protocol:6s} {load}: {row.items_per_s:8.0f} items/s "
         f"p50 {_ms(row.p50_ms)} p99 {_ms(row.p99_ms)} errors {row.errors_text()} "
-        f"server CPU {row.server_cpu_pct:.0f}% loadgen CPU {row.loadgen_cpu_pct:.0f}%",
+        f"server CPU {row.server_cpu_pct:.0f}% ({split}) loadgen CPU {row.loadgen_cpu_pct:.0f}%"
+        + ("" if pressure is None else f" CPU pressure {pressure:.2f}"),
         flush=True,
     )
     return row

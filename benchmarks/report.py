@@ -252,6 +252,33 @@ def cpus_text(meta: dict[str, Any]) -> str:
     return f"{meta['cpus']} CPUs" + (f" (of {host} on the host)" if host and host != meta["cpus"] else "")
 
 
+def open_loop_cpu(rows: list[Row]) -> list[str]:
+    """Each open-loop run's CPU by process and CPU pressure: whether the work went to one
+    worker or both, and how often something waited for a core, next to the tail it got."""
+    runs = [r for r in rows if r.rate and r.cpu_by_process]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Open-loop runs: where the CPU went",
+        "",
+        "CPU in % of one core: the server's own process, then each of its child processes (batchgate's "
+        "workers). Pressure: the share of the run in which some runnable task waited for a CPU "
+        '(`/proc/pressure/cpu`, "some").',
+        "",
+        "| system | rate | p50 ms | p99 ms | p99/p50 | rows/batch | CPU: server / children | pressure |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in runs:
+        ratio = r.p99_ms / r.p50_ms if r.p50_ms and r.p99_ms else None
+        split = " / ".join(f"{share:.0f}" for share in r.cpu_by_process)
+        lines.append(
+            f"| {r.system} | {r.rate:.0f}/s | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | {_fmt(ratio)} | "
+            f"{_fmt(r.rows_per_batch, 1)} | {split} | {_fmt(r.cpu_pressure)} |"
+        )
+    return lines
+
+
 def markdown(
     raw: list[dict[str, Any]],
     latency: dict[str, float],
@@ -309,6 +336,7 @@ def markdown(
             f"{r.server_rss_mb:.0f} | "
             f"{r.loadgen_cpu_pct:.0f} |"
         )
+    lines += open_loop_cpu(rows)
     lines += ["", "## Added latency at 1 user (p50 over raw batch-1 ORT)", ""]
     for r in rows:
         if r.users == 1 and r.model in latency and r.p50_ms is not None:

@@ -14,7 +14,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string
-from tests.helpers import GatewayProcess
+from benchmarks.measure import measure
+from tests.helpers import GatewayProcess, child_pids
 
 
 def _request(model: str) -> bytes:
@@ -102,3 +103,21 @@ def test_open_loop_arrivals_past_the_connection_limit_are_errors_saying_so(
     assert result["requests"] + result["errors"] == 300
     assert result["errors"] > 0
     assert set(result["error_kinds"]) == {"not sent: connection limit"}
+
+
+def test_a_measured_run_says_where_the_servers_cpu_went(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """The gateway's own CPU and each worker's, in the order of the process tree, add up to the
+    server's; CPU pressure, where the kernel reports it, is a share of the run."""
+    body = tmp_path / "digits.json"
+    rows = np.ones((1, 64), np.float32).reshape(-1).tolist()
+    body.write_text(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows}]}))
+    row = measure("batchgate", gateway.process, gateway.port, "digits_mlp", "json", (body, []), 4, 1.5, 0.2)
+    assert row.requests > 0 and row.errors == 0
+    workers = child_pids(gateway.process.pid)
+    assert len(row.cpu_by_process) == 1 + len(workers) == 3
+    gateway_cpu, *worker_cpu = row.cpu_by_process
+    assert gateway_cpu > 5  # it parsed and answered every request
+    assert sum(worker_cpu) > 0  # and the workers computed them
+    assert row.server_cpu_pct == pytest.approx(sum(row.cpu_by_process))
+    if Path("/proc/pressure/cpu").exists():
+        assert row.cpu_pressure is not None and 0 <= row.cpu_pressure <= 1.05

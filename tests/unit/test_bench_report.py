@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 from benchmarks.measure import Row
-from benchmarks.report import cpus_text, targets
+from benchmarks.report import cpus_text, open_loop_cpu, targets
 
 
 def _open(system: str, p50: float, p99: float, rate: float = 7000.0) -> Row:
@@ -116,3 +116,14 @@ def test_the_harness_refuses_to_start_without_matplotlib_instead_of_failing_afte
         assert result.returncode == 2, result.stderr
         assert "matplotlib, which draws the plots, is not installed" in result.stderr
         assert os.listdir(out) == []  # nothing measured, nothing written
+
+
+def test_open_loop_runs_show_the_cpu_of_each_process_and_the_pressure() -> None:
+    run = _open("batchgate", 10.0, 30.0)
+    assert open_loop_cpu([run]) == []  # results from before the split was measured
+    run.cpu_by_process, run.cpu_pressure, run.rows_per_batch = [95.4, 40.2, 11.6], 0.444, 9.7
+    closed = Row("batchgate", "mlp", "binary", 64, 4000.0, 14.0, 23.0, 26.0, 0, 150.0, 300.0, 10.0)
+    closed.cpu_by_process = [100.0, 30.0, 30.0]
+    lines = open_loop_cpu([closed, run])
+    assert lines[-1] == "| batchgate | 7000/s | 10.00 | 30.00 | 3.00 | 9.7 | 95 / 40 / 12 | 0.44 |"
+    assert sum(line.startswith("| batchgate") for line in lines) == 1  # closed-loop rows are not runs at a rate
