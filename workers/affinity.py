@@ -1,4 +1,5 @@
-"""Confining a process to some CPUs (Linux), given as a CPU list such as ``0`` or ``1-3,6``.
+"""Confining a process to some CPUs (Linux), given as a CPU list such as ``0`` or ``1-3,6``,
+and counting the CPUs a process may use (:func:`usable_cpus`).
 
 The gateway and its local workers can be kept off each other's cores: on a small machine
 the gateway's event loop, which every request passes through, then never waits for a
@@ -138,11 +139,12 @@ def _ancestors(root: Path, path: str) -> list[Path]:
 def _v2_quota(path: Path) -> float | None:
     try:
         quota, period = path.read_text().split()[:2]
-    except (OSError, ValueError):
+        if quota == "max":
+            return None
+        cpus = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    if quota == "max" or int(period) <= 0:
-        return None
-    return int(quota) / int(period)
+    return cpus if cpus > 0 else None
 
 
 def _v1_quota(folder: Path) -> float | None:

@@ -89,6 +89,9 @@ def test_no_quota_leaves_the_cpu_set_and_a_fraction_rounds_down_to_at_least_one(
     half = _cgroup_v2(tmp_path / "b", "/", {"": "50000 100000"})
     assert usable_cpus(tmp_path / "b", half) == 1
     assert usable_cpus(tmp_path / "none", tmp_path / "missing") == len(os.sched_getaffinity(0))
+    for text in ("garbage", "abc 100000", "100000 0", "max", ""):  # unreadable: no quota, not a crash
+        broken = _cgroup_v2(tmp_path / "broken", "/", {"": text})
+        assert cgroup_cpu_quota(tmp_path / "broken", broken) is None, text
 
 
 def test_a_cgroup_v1_cfs_quota_is_read_from_the_cpu_controller(tmp_path: Path) -> None:
