@@ -91,9 +91,7 @@ class LocalSupervisor:
         # with 2 threads each oversubscribed 2 cores: mlp_xl 820 vs 1,076 items/s). Workers
         # already running keep their size until they restart.
         runs = self.config.concurrent_runs
-        confined = len(parse_cpus(self.config.cpus)) if self.config.cpus is not None else None
-        threads = self.config.threads or auto_threads(max(self.config.replicas, len(self.workers)) * runs, confined)
-        argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(threads)]
+        argv = [sys.executable, "-m", "workers", "--listen", address, "--threads", str(self.threads())]
         argv += ["--concurrent-runs", str(runs)]
         argv += ["--providers", ",".join(self.config.providers), "--log-level", self.log_level]
         if self.config.spin:
@@ -116,6 +114,19 @@ class LocalSupervisor:
             if fault.models:
                 argv += ["--fault-models", ",".join(fault.models)]
         return argv
+
+    def threads(self) -> int:
+        """ONNX Runtime threads per run for a worker started now (see :meth:`command`)."""
+        if self.config.threads:
+            return self.config.threads
+        cpus, runs = self._auto_share()
+        return auto_threads(runs, cpus)
+
+    def _auto_share(self) -> tuple[int, int]:
+        """(CPUs, runs) that auto threads divide: the pool's own CPU list or the usable CPUs,
+        among the runs of the workers configured or running, whichever are more."""
+        cpus = len(parse_cpus(self.config.cpus)) if self.config.cpus is not None else usable_cpus()
+        return cpus, max(self.config.replicas, len(self.workers)) * self.config.concurrent_runs
 
     def _address(self, index: int) -> str:
         if self.config.transport == "unix":
@@ -149,11 +160,13 @@ class LocalSupervisor:
             )
             self.pool.add(worker.address, worker.local_path)
             log.info(
-                "pool %s: started worker %d (pid %d) on %s",
+                "pool %s: started worker %d (pid %d) on %s, %d ONNX Runtime thread(s) per run%s",
                 self.pool.name,
                 worker.index,
                 worker.process.pid,
                 worker.address,
+                self.threads(),
+                "" if self.config.threads else " (auto: {} usable CPUs / {} runs)".format(*self._auto_share()),
             )
             code = await worker.process.wait()
             if self._stopping or worker.retiring:

@@ -243,6 +243,10 @@ def test_one_worker_takes_a_second_batch_while_the_first_computes(tmp_path: Path
         argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--concurrent-runs") + 1] == b"2"
         assert argv[argv.index(b"--threads") + 1] == str(max(1, usable_cpus() // 2)).encode()
+        threads = (
+            f"{max(1, usable_cpus() // 2)} ONNX Runtime thread(s) per run (auto: {usable_cpus()} usable CPUs / 2 runs)"
+        )
+        assert threads in gateway.log()  # the operator sees what was chosen, and from what
         with socket.create_connection(("127.0.0.1", gateway.port)) as first:
             first.sendall(request)
             _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == 1)
