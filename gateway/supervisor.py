@@ -19,7 +19,7 @@ from gateway.metrics import Metrics
 from gateway.pool import PoolClient
 from gateway.repository import ModelVersion
 from gateway.tasks import spawn
-from workers.affinity import before_confined, format_cpus, parse_cpus, usable_cpus
+from workers.affinity import auto_threads, before_confined, format_cpus, parse_cpus, usable_cpus
 
 log = logging.getLogger("batchgate.supervisor")
 
@@ -42,12 +42,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def auto_threads(runs: int, cpus: int | None = None) -> int:
-    """Share the cores (``cpus`` of them if the pool is confined) between the runs of all
-    replicas so their thread pools do not fight."""
-    return max(1, (cpus or usable_cpus()) // max(runs, 1))
 
 
 class WorkerProcess:

@@ -105,6 +105,12 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = 
     return max(1, count)
 
 
+def auto_threads(runs: int, cpus: int | None = None) -> int:
+    """Threads per run that share ``cpus`` (default: the usable ones) between ``runs`` runs at
+    once, so their thread pools fill the CPUs without fighting over them."""
+    return max(1, (cpus or usable_cpus()) // max(runs, 1))
+
+
 def cgroup_cpu_quota(root: Path, proc_cgroup: Path) -> float | None:
     """The tightest CPU quota (in CPUs) on this process's cgroup and its ancestors; None when
     unlimited or unknown. cgroup v2 reads ``cpu.max``; v1 the cpu controller's CFS files."""

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
-from workers.affinity import confine, each_thread, parse_cpus, usable_cpus
+from workers.affinity import auto_threads, confine, each_thread, parse_cpus, usable_cpus
 from workers.allocator import keep_freed_memory
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, RuntimeConflict, check_single_runtime, load_model
@@ -122,15 +122,6 @@ def batch_scheduling() -> None:
         log.warning("cannot switch to SCHED_BATCH (%s); the worker keeps the default scheduling", exc)
 
 
-def auto_threads(cpus: str | None, concurrent_runs: int) -> int:
-    """Threads per run that fill this worker's CPUs without oversubscribing them: a worker in
-    a pod limited to 4 CPUs runs 4 (or 2 each for 2 concurrent runs), whatever the node has."""
-    available = usable_cpus()
-    if cpus is not None:
-        available = min(available, len(parse_cpus(cpus)))
-    return max(1, available // concurrent_runs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -155,8 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         log.info("running on CPUs %s", args.cpus)
     keep_freed_memory()
-    if not args.threads:
-        args.threads = auto_threads(args.cpus, args.concurrent_runs)
+    if not args.threads:  # a pod limited to 4 CPUs runs 4 (2 each for 2 runs), whatever the node has
+        cpus = usable_cpus()
+        if args.cpus is not None:
+            cpus = min(cpus, len(parse_cpus(args.cpus)))
+        args.threads = auto_threads(args.concurrent_runs, cpus)
     specs = list(args.model)
     if args.model_repository:
         specs.extend(scan_repository(args.model_repository))

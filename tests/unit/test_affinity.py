@@ -113,8 +113,7 @@ def test_worker_threads_follow_the_cpu_set_not_the_host_count() -> None:
     script = f"""
 import os
 os.sched_setaffinity(0, {{{cpu}}})
-from gateway.supervisor import auto_threads
-from workers.affinity import usable_cpus
+from workers.affinity import auto_threads, usable_cpus
 print(usable_cpus(), auto_threads(1))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
