@@ -8,7 +8,11 @@ In this order:
    30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
    batcher waits the full queue delay (``adaptive: false``), the two alternating
    ``--open-rounds`` times (target 4 takes the median of the runs' p99/p50), and the capacity measured
-   again after the 70% runs; then ``mlp_xl`` at 64 users,
+   again after the 70% runs; a third gateway (``all-threads``) whose workers each run ONNX
+   Runtime on every usable CPU (``threads`` = the CPU count, where the default divides the
+   CPUs among the workers), at 1 user and in the 70% rotation: what one run on all the
+   CPUs buys at low load, and what two runs oversubscribing them cost under load; then
+   ``mlp_xl`` at 64 users,
    right after its own raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
@@ -41,7 +45,7 @@ import yaml
 
 from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
-from benchmarks.report import BATCHES, markdown, plot
+from benchmarks.report import ALL_THREADS, BATCHES, markdown, plot
 from gateway.child import ChildGateway, free_port
 from workers.affinity import usable_cpus
 from workers.allocator import keep_freed_memory
@@ -208,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--open-rounds", type=int, default=5, help="alternating runs of the two batchers at each open-loop rate"
     )
+    parser.add_argument(
+        "--no-all-threads", action="store_true", help=f"skip the {ALL_THREADS} gateway (1 user and the 70%% runs)"
+    )
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder (the bench extra)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
@@ -262,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     print("batchgate ...", flush=True)
     gateway = _gateway(main_repo, work / "gateway.log")
     port, grpc_port = gateway.port, gateway.grpc_port or 0
+    all_threads = None
+    if not args.no_all_threads and usable_cpus() > 1:
+        threads = {"pools": {"default": {"threads": usable_cpus()}}}
+        all_threads = _gateway(main_repo, work / "gateway-all-threads.log", threads)
     try:
         for count in users:
             for protocol in PROTOCOLS:
@@ -274,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
                     count,
                     stats_port=port,
                 )
+                if count == 1 and all_threads is not None:  # right after the default, for the drift
+                    at = (all_threads.grpc_port or 0) if protocol == "grpc" else all_threads.port
+                    run(ALL_THREADS, all_threads.process, at, "mlp", protocol, 1, stats_port=all_threads.port)
         for protocol in PROTOCOLS:
             run(
                 "batchgate",
@@ -299,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
                     pair = [("batchgate", gateway.process, port), ("fixed-delay", fixed.process, fixed.port)]
                     for system, process, at in pair if turn % 2 == 0 else pair[::-1]:
                         run(system, process, at, "mlp", "binary", rate=rate)
+                    if rate == rates[0] and all_threads is not None:
+                        run(ALL_THREADS, all_threads.process, all_threads.port, "mlp", "binary", rate=rate)
                     turn += 1
                 if rate == rates[0]:
                     # The machine's speed drifts: was the rate still that share of the capacity?
@@ -312,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             fixed.stop()
     finally:
         gateway.stop()
+        if all_threads is not None:
+            all_threads.stop()
 
     if not args.no_xl:
         # Its raw limit right before it: a ratio across minutes on this machine measures drift too.

@@ -127,3 +127,23 @@ def test_open_loop_runs_show_the_cpu_of_each_process_and_the_pressure() -> None:
     lines = open_loop_cpu([closed, run])
     assert lines[-1] == "| batchgate | 7000/s | 10.00 | 30.00 | 3.00 | 9.7 | 95 / 40 / 12 | 0.44 |"
     assert sum(line.startswith("| batchgate") for line in lines) == 1  # closed-loop rows are not runs at a rate
+
+
+def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> None:
+    # Its 64-user row beats the peer: counted as a peer, it would be the bar target 1 must clear.
+    wide = _closed("all-threads", "json", 9000.0, 20.0)
+    rounds = [_closed("batchgate", "json", 7000.0, 15.0), _closed("no-batching", "json", 3000.0, 30.0)]
+    (line,) = [line for line in targets([], {}, [wide], rounds) if "64 users, json" in line]
+    assert "the best peer (no-batching json, 3000)" in line and "— met" in line
+
+    def one_user(system: str, p50: float) -> Row:
+        return Row(system, "mlp", "binary", 1, 300.0, p50, p50 * 2, p50 * 3, 0, 90.0, 300.0, 5.0, requests=3_000)
+
+    lines = targets([], {"mlp": 1.8}, [one_user("batchgate", 3.6), one_user("all-threads", 2.5)])
+    default, wide_line = [line for line in lines if line.startswith("- 3.")]
+    assert "+1.800 ms** over raw batch-1 (1.800 ms) — NOT met" in default and "all CPUs" not in default
+    assert "all CPUs" in wide_line and "+0.700 ms**" in wide_line and wide_line.endswith("— met")
+
+    runs = [_open("batchgate", 10.0, 30.0)] * 3 + [_open("all-threads", 10.0, p99) for p99 in (40.0, 50.0, 45.0)]
+    (extra,) = [line for line in targets([], {}, runs) if "all-threads" in line]
+    assert "median of 3 runs 4.50" in extra and "p99 45.00 ms against 30.00 ms by default" in extra
