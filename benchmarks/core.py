@@ -53,6 +53,7 @@ from workers.allocator import keep_freed_memory
 RESULTS = Path(__file__).parent / "results"
 XL_WIDTHS = (2048, 8192, 8192, 2048)
 PROTOCOLS = ("json", "binary", "grpc")
+MIN_RAW_RUNS = 5  # per batch size and thread count in the raw sweep, however long they take
 
 
 Feeds = Callable[[int], dict[str, Any]]
@@ -65,7 +66,8 @@ def dense(width: int) -> Feeds:
 
 
 def raw_sweep(model_path: Path, model: str, make_feed: Feeds, seconds: float) -> list[dict[str, Any]]:
-    """items/s of in-process ``session.run`` at each batch size, with 1 and 2 intra-op threads."""
+    """items/s of in-process ``session.run`` at each batch size, with 1 and 2 intra-op threads:
+    the batch over the median run, of runs for ``seconds`` and at least :data:`MIN_RAW_RUNS`."""
     import onnxruntime as ort
 
     rows = []
@@ -77,19 +79,23 @@ def raw_sweep(model_path: Path, model: str, make_feed: Feeds, seconds: float) ->
             feed = make_feed(batch)
             for _ in range(2):
                 session.run(None, feed)
-            runs = 0
+            # The median run, not the mean: at batch 128 of mlp_xl (~0.2 s a run) one run
+            # slowed by the machine moved the mean enough to rank batch 128 below 64.
+            times: list[float] = []
             begin = time.perf_counter()
-            while time.perf_counter() - begin < seconds or runs < 3:
+            while time.perf_counter() - begin < seconds or len(times) < MIN_RAW_RUNS:
+                start_run = time.perf_counter()
                 session.run(None, feed)
-                runs += 1
-            elapsed = time.perf_counter() - begin
+                times.append(time.perf_counter() - start_run)
+            median = float(np.median(times))
             rows.append(
                 {
                     "model": model,
                     "threads": threads,
                     "batch": batch,
-                    "items_per_s": runs * batch / elapsed,
-                    "ms_per_batch": elapsed / runs * 1000,
+                    "items_per_s": batch / median,
+                    "ms_per_batch": median * 1000,
+                    "runs": len(times),
                 }
             )
             print(

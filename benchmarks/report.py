@@ -326,6 +326,9 @@ def markdown(
         ]
     for model in sorted({r["model"] for r in raw}):
         lines += [f"## Raw limit (in-process ONNX Runtime, `{model}`)", "", *_raw_table(raw, model), ""]
+    if raw and all("runs" in r for r in raw):  # runs before 2026-11-27-c took the mean instead
+        fewest = min(r["runs"] for r in raw)
+        lines += [f"Each raw cell is the batch size over the median run (at least {fewest} runs per cell).", ""]
     lines += [
         "Raw batch-1 p50 (1 thread): " + ", ".join(f"`{m}` {v:.3f} ms" for m, v in latency.items()) + ".",
         "",
