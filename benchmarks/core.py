@@ -276,9 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     gateway = _gateway(main_repo, work / "gateway.log")
     port, grpc_port = gateway.port, gateway.grpc_port or 0
     all_threads = None
-    if not args.no_all_threads and usable_cpus() > 1:
-        threads = {"pools": {"default": {"threads": usable_cpus()}}}
-        all_threads = _gateway(main_repo, work / "gateway-all-threads.log", threads)
+    cpus = usable_cpus()
+    if not args.no_all_threads and cpus > 1:
+        all_threads = _gateway(main_repo, work / "gateway-all-threads.log", {"pools": {"default": {"threads": cpus}}})
     try:
         for count in users:
             for protocol in PROTOCOLS:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": platform.processor() or platform.machine(),
-        "cpus": usable_cpus(),  # the CPU set and cgroup quota: a taskset run counts its CPUs
+        "cpus": cpus,  # the CPU set and cgroup quota: a taskset run counts its CPUs
         "host_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),

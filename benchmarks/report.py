@@ -228,11 +228,12 @@ def targets(
             )
         out.append(line)
         wide = median_run(rows, ALL_THREADS, rate)
-        wide_ratio = middle(tail_ratios(rows, ALL_THREADS, rate))
+        wide_ratios = tail_ratios(rows, ALL_THREADS, rate)
+        wide_ratio = middle(wide_ratios)
         if wide is not None and wide.p99_ms and wide_ratio is not None:
             out.append(
                 f"-    the same {rate:.0f}/s with each worker's runs on all CPUs ({ALL_THREADS}): p99/p50 median of "
-                f"{len(tail_ratios(rows, ALL_THREADS, rate))} runs {_ratio(wide_ratio)}; median-p99 run p50 "
+                f"{len(wide_ratios)} runs {_ratio(wide_ratio)}; median-p99 run p50 "
                 f"{_fmt(wide.p50_ms)}, p99 {wide.p99_ms:.2f} ms against {ours.p99_ms:.2f} ms by default"
             )
     for r in rows:  # the real encoder: no target of its own, the same yardstick as target 2
