@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from gateway.types import Array
@@ -32,6 +33,7 @@ class Pending:
         "feeds",
         "future",
         "level",
+        "on_done",
         "rows",
         "shape_key",
         "state",
@@ -58,6 +60,9 @@ class Pending:
         self.state = QUEUED
         self.timer: asyncio.TimerHandle | None = None
         self.attempts = 0
+        # Called with this request once its future has a result or an exception (not when it
+        # is cancelled): at once for an answer, a loop turn later for an error.
+        self.on_done: Callable[[Pending], None] | None = None
 
 
 class RequestQueue:

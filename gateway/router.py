@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,25 @@ class Ticket:
     attempts: list[Attempt] = field(default_factory=list)
     budget_timer: asyncio.TimerHandle | None = None
     fallback_started: bool = False
+    listeners: list[Callable[[Ticket], None]] = field(default_factory=list)
+
+    def when_done(self, listener: Callable[[Ticket], None]) -> None:
+        """Call ``listener(ticket)`` as soon as the future is settled (result, error or
+        cancelled): in the same call that settles it, where a done callback would wait a
+        loop turn. Already settled: on the next turn."""
+        if self.future.done():
+            self.future.get_loop().call_soon(listener, self)
+        else:
+            self.listeners.append(listener)
+
+    def notify(self) -> None:
+        """Run the listeners once (the future has just been settled)."""
+        listeners, self.listeners = self.listeners, []
+        for listener in listeners:
+            try:
+                listener(self)
+            except Exception:
+                log.exception("a listener of an answered request failed")
 
 
 def trigger_for(error: BatchgateError) -> str | None:
@@ -181,7 +200,7 @@ class Router(ModelTable):
         pending = served.batcher.submit(checked, ticket.deadline, ticket.request.priority)
         attempt = Attempt(served, pending, checked.output_names, reason)
         ticket.attempts.append(attempt)
-        pending.future.add_done_callback(lambda future: self._attempt_done(ticket, attempt, future))
+        pending.on_done = lambda done: self._attempt_done(ticket, attempt, done.future)
 
     def _fall_back(self, ticket: Ticket, failed: ServedModel, error: BatchgateError) -> bool:
         """Start the fallback of ``failed`` if ``error`` is one of its triggers; True if started."""
@@ -222,6 +241,7 @@ class Router(ModelTable):
             self._settle(ticket)
             attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
             ticket.future.set_result((attempt, future.result()))
+            ticket.notify()  # the client's answer goes out before the monitors below look at it
             if attempt.served.outputs is not None:
                 attempt.served.outputs.observe(future.result())
             if attempt.reason is None and attempt.served.shadow is not None:
@@ -237,6 +257,7 @@ class Router(ModelTable):
             return
         self._settle(ticket)
         ticket.future.set_exception(error)
+        ticket.notify()
 
     def _mirror(self, ticket: Ticket, served: ServedModel, outputs: dict[str, Array]) -> None:
         """Send a sample of answered requests to the shadow model and compare the classes."""
@@ -276,6 +297,7 @@ class Router(ModelTable):
         self._settle(ticket)
         if not ticket.future.done():
             ticket.future.cancel()
+            ticket.notify()
 
     def response(self, ticket: Ticket) -> InferResponse:
         """The answer of a ticket whose future has a result."""

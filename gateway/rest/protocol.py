@@ -34,6 +34,7 @@ from gateway.config import LimitsConfig
 from gateway.errors import BatchgateError, Cancelled, RequestTimeout, Unavailable
 from gateway.rest.auth import authorize
 from gateway.rest.infer import WANTED, Answer, InferCall, InferFront, error_answer, infer_target
+from gateway.router import Ticket
 
 BODY_GRACE_S = 1.0
 # Connections past the cap that are kept until their request line shows whether they are a
@@ -137,14 +138,14 @@ class DirectCycle:
                 raise self.refused
             body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             self.chunks = []
-            future = call.admit(body).future
+            ticket = call.admit(body)
         except BatchgateError as exc:
             self._answer_soon(error_answer(exc))
             return
         except Exception as exc:
             self._answer_soon(call.unexpected(exc))
             return
-        future.add_done_callback(self._answered)
+        ticket.when_done(self._answered)
 
     def body_late(self) -> None:
         self.answer(
@@ -156,10 +157,10 @@ class DirectCycle:
         # still being parsed, and must queue behind this one as uvicorn's own would.
         self.protocol.loop.call_soon(self.answer, answer)
 
-    def _answered(self, future: asyncio.Future[Any]) -> None:
+    def _answered(self, ticket: Ticket) -> None:
         if self.response_complete:
             return  # the client left; abandon() already counted it
-        if future.cancelled():  # only abandon() cancels a ticket today; a live client still gets an answer
+        if ticket.future.cancelled():  # only abandon() cancels a ticket today; a live client still gets an answer
             self.answer(error_answer(Unavailable("the request was cancelled inside the gateway; retry")))
             return
         try:
