@@ -23,6 +23,7 @@ ASGI task per request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -211,7 +212,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        # One deadline per connection, and the loop timer behind it (see :meth:`_arm`).
+        self._due = 0.0
+        self._on_due: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._in_headers = True
         self._header_bytes = 0
         self._writer: CoalescingWriter | None = None
@@ -233,7 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout_s, self._headers_late)
 
     def _refuse(self) -> None:
-        self._disarm()  # also when it is that timer's own callback: cancelling a fired handle is a no-op
+        self._disarm()
         message = f"too many open connections (limit {self.limits.max_connections}); retry later"
         self.transport.write(canned_response(503, message, b"retry-after: 1\r\n"))
         self.transport.close()
@@ -260,7 +265,7 @@ class GuardedProtocol(HttpToolsProtocol):
         return buffered
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._drop_timer()  # not left pending: it would keep this closed connection alive
         if self._reserved:
             self._reserved = False
             type(self).ops_open -= 1
@@ -373,7 +378,16 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._flush()  # head and body written together, now, not a loop turn later
-        super().on_response_complete()
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # uvicorn starts the request queued behind this one
+            return
+        # What uvicorn does here, except that the keep-alive wait is this connection's
+        # deadline rather than a loop timer of its own (see _arm). A request that has begun
+        # meanwhile keeps its header deadline.
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        if self._on_due is None:
+            self._arm(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def eof_received(self) -> None:
         self._flush()  # the transport closes once this returns; what it holds still goes out
@@ -393,17 +407,45 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.write(canned_response(400, f"malformed HTTP request: {msg}"))
         self.transport.close()
 
-    def _arm(self, delay: float, callback: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(delay, callback)
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        """Make ``callback`` the connection's deadline, ``delay`` seconds from now.
+
+        A request moves the deadline three times (headers, body, keep-alive), and a loop
+        timer made and cancelled for each was a measurable share of the gateway's time per
+        request. The timer is only replaced when the deadline comes earlier than it; one
+        that fires early finds the later deadline and waits again.
+        """
+        due = self.loop.time() + delay
+        self._due = due
+        self._on_due = callback
+        if self._timer is None or self._timer_at > due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._due_check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._on_due = None  # a pending timer finds nothing due when it fires
+
+    def _drop_timer(self) -> None:
+        self._on_due = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due_check(self) -> None:
+        self._timer = None
+        callback = self._on_due
+        if callback is None:
+            return
+        if self.loop.time() < self._due:  # moved later since this timer was set
+            self._timer_at = self._due
+            self._timer = self.loop.call_at(self._due, self._due_check)
+            return
+        self._on_due = None
+        callback()
 
     def _headers_late(self) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -414,7 +456,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _body_late(self) -> None:
-        self._deadline = None
         self._flush()
         if not self.transport.is_closing():
             self.transport.close()
