@@ -76,18 +76,7 @@ def raw_sweep(model_path: Path, model: str, make_feed: Feeds, seconds: float) ->
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         for batch in BATCHES:
-            feed = make_feed(batch)
-            for _ in range(2):
-                session.run(None, feed)
-            # The median run, not the mean: at batch 128 of mlp_xl (~0.2 s a run) one run
-            # slowed by the machine moved the mean enough to rank batch 128 below 64.
-            times: list[float] = []
-            begin = time.perf_counter()
-            while time.perf_counter() - begin < seconds or len(times) < MIN_RAW_RUNS:
-                start_run = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - start_run)
-            median = float(np.median(times))
+            median, runs = _median_run(session, make_feed(batch), seconds)
             rows.append(
                 {
                     "model": model,
@@ -95,13 +84,60 @@ def raw_sweep(model_path: Path, model: str, make_feed: Feeds, seconds: float) ->
                     "batch": batch,
                     "items_per_s": batch / median,
                     "ms_per_batch": median * 1000,
-                    "runs": len(times),
+                    "runs": runs,
                 }
             )
             print(
                 f"  raw {model} threads={threads} batch={batch:4d}: {rows[-1]['items_per_s']:9.1f} items/s", flush=True
             )
     return rows
+
+
+def _median_run(session: Any, feed: dict[str, Any], seconds: float) -> tuple[float, int]:
+    """Seconds of the median ``session.run`` over ``seconds`` (at least MIN_RAW_RUNS runs), and the count.
+
+    The median, not the mean: at batch 128 of mlp_xl (~0.2 s a run) one run slowed by the
+    machine moved the mean enough to rank batch 128 below 64."""
+    for _ in range(2):
+        session.run(None, feed)
+    times: list[float] = []
+    begin = time.perf_counter()
+    while time.perf_counter() - begin < seconds or len(times) < MIN_RAW_RUNS:
+        start_run = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start_run)
+    return float(np.median(times)), len(times)
+
+
+def xl_rounds(
+    model_path: Path, make_feed: Feeds, threads: int, rounds: int, seconds: float, measure_gateway: Callable[[], Row]
+) -> list[dict[str, Any]]:
+    """Target 2 in ``rounds`` interleaved rounds: raw ONNX Runtime at batch 64 and 128 with
+    ``threads``, then the gateway at 64 users, one after another.
+
+    The raw sweep measures each batch size once, over a second or two, minutes before the
+    gateway runs; a slow spell of the machine during one cell moved target 2 both ways
+    (raw batch 16-64 of mlp_xl at 390-399 items/s in one run, 580-616 in the runs around it).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    out = []
+    for number in range(1, rounds + 1):
+        raw = {}
+        for batch in (64, 128):
+            median, _ = _median_run(session, make_feed(batch), seconds)
+            raw[str(batch)] = batch / median
+        print(
+            f"  round {number}/{rounds}: raw mlp_xl {threads} threads batch 64 {raw['64']:.1f}, "
+            f"batch 128 {raw['128']:.1f} items/s",
+            flush=True,
+        )
+        row = measure_gateway()
+        out.append({"round": number, "threads": threads, "raw": raw, "items_per_s": row.items_per_s})
+    return out
 
 
 def raw_latency_ms(model_path: Path, make_feed: Feeds, runs: int = 2000) -> float:
@@ -337,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         if all_threads is not None:
             all_threads.stop()
 
+    xl_rows: list[dict[str, Any]] = []
     if not args.no_xl:
         # Its raw limit right before it: a ratio across minutes on this machine measures drift too.
         print("raw ONNX Runtime sweep of mlp_xl, then batchgate on it ...", flush=True)
@@ -345,7 +382,16 @@ def main(argv: list[str] | None = None) -> None:
         pool = {"replicas": 1, "threads": 2, "inflight_per_replica": 2}
         xl = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
         try:
-            run("batchgate", xl.process, xl.port, "mlp_xl", "binary", 64)
+            best = max((r for r in raw if r["model"] == "mlp_xl"), key=lambda r: r["items_per_s"])
+            print(f"mlp_xl: {max(args.rounds, 1)} interleaved rounds of raw batch 64/128 and batchgate ...", flush=True)
+            xl_rows = xl_rounds(
+                repos["xl"] / "mlp_xl" / "1" / "model.onnx",
+                dense(XL_WIDTHS[0]),
+                best["threads"],
+                max(args.rounds, 1),
+                args.raw_seconds,
+                lambda: run("batchgate", xl.process, xl.port, "mlp_xl", "binary", 64),
+            )
         finally:
             xl.stop()
 
@@ -415,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         "peers": "; ".join(peer_notes) + ".",
         "capacity_check": capacity_check,
     }
-    text = markdown(raw, latency, rows, meta, rounds)
+    text = markdown(raw, latency, rows, meta, rounds, xl_rows)
     (args.out / "core.md").write_text(text)
     document = {
         "meta": meta,
@@ -423,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         "raw_latency_ms": latency,
         "rows": [asdict(r) for r in rows],
         "rounds": [asdict(r) for r in rounds],
+        "xl_rounds": xl_rows,
     }
     (args.out / "core.json").write_text(json.dumps(document, indent=2))
     plot(rows, args.out)

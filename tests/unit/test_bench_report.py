@@ -147,3 +147,24 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     runs = [_open("batchgate", 10.0, 30.0)] * 3 + [_open("all-threads", 10.0, p99) for p99 in (40.0, 50.0, 45.0)]
     (extra,) = [line for line in targets([], {}, runs) if "all-threads" in line]
     assert "median of 3 runs 4.50" in extra and "p99 45.00 ms against 30.00 ms by default" in extra
+
+
+def test_target_2_with_rounds_compares_each_round_with_the_raw_run_just_before_it() -> None:
+    # A slow spell during the raw sweep (its batch 64 at 400 items/s) must not decide the verdict:
+    # with rounds, each gateway run is divided by the raw limit measured right before it.
+    raw = [{"model": "mlp_xl", "batch": 64, "threads": 2, "items_per_s": 400.0}]
+    xl = Row("batchgate", "mlp_xl", "binary", 64, 480.0, 130.0, 150.0, 155.0, 0, 170.0, 560.0, 3.0, requests=5_000)
+    rounds = [
+        {"round": 1, "threads": 2, "raw": {"64": 600.0, "128": 640.0}, "items_per_s": 480.0},
+        {"round": 2, "threads": 2, "raw": {"64": 500.0, "128": 550.0}, "items_per_s": 460.0},
+        {"round": 3, "threads": 2, "raw": {"64": 610.0, "128": 600.0}, "items_per_s": 500.0},
+    ]
+    lines = [line for line in targets(raw, {}, [xl], xl_rounds=rounds) if "mlp_xl" in line or "64 rows" in line]
+    assert len(lines) == 2
+    # Per round against the better of batch 64 and 128: 0.75, 0.84, 0.82.
+    assert "0.75, 0.84, 0.82, median **0.82x** — met" in lines[0]
+    assert "raw best of batch 64 and 128 (2 threads) right before each, 640, 550, 610" in lines[0]
+    assert "0.80, 0.92, 0.82, median **0.82x**" in lines[1]
+    assert "(raw batch 64 was 0.91-1.00x of the best)" in lines[1]
+    slower = [{**r, "items_per_s": r["items_per_s"] * 0.9} for r in rounds]
+    assert "NOT met" in next(line for line in targets(raw, {}, [xl], xl_rounds=slower) if "mlp_xl" in line)
