@@ -45,7 +45,7 @@ import yaml
 
 from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
-from benchmarks.report import ALL_THREADS, BATCHES, markdown, plot
+from benchmarks.report import ALL_THREADS, BATCHES, best_raw, markdown, plot
 from gateway.child import ChildGateway, free_port
 from workers.affinity import usable_cpus
 from workers.allocator import keep_freed_memory
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         pool = {"replicas": 1, "threads": 2, "inflight_per_replica": 2}
         xl = _gateway(repos["xl"], work / "gateway-xl.log", {"pools": {"default": pool}})
         try:
-            best = max((r for r in raw if r["model"] == "mlp_xl"), key=lambda r: r["items_per_s"])
+            best = best_raw(raw, "mlp_xl")
             print(f"mlp_xl: {max(args.rounds, 1)} interleaved rounds of raw batch 64/128 and batchgate ...", flush=True)
             xl_rows = xl_rounds(
                 repos["xl"] / "mlp_xl" / "1" / "model.onnx",

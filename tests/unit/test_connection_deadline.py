@@ -16,12 +16,15 @@ from gateway.rest.protocol import GuardedProtocol
 
 class Handle:
     def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
+        self.at = when
         self.callback = callback
         self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def when(self) -> float:
+        return self.at
 
 
 class Clock:
@@ -43,12 +46,12 @@ class Clock:
         """Move to now + seconds, firing due timers in order (as the loop would)."""
         end = self.now + seconds
         while True:
-            due = [t for t in self.timers if not t.cancelled and t.when <= end]
+            due = [t for t in self.timers if not t.cancelled and t.at <= end]
             if not due:
                 break
-            first = min(due, key=lambda t: t.when)
+            first = min(due, key=lambda t: t.at)
             self.timers.remove(first)
-            self.now = first.when
+            self.now = first.at
             first.callback()
         self.now = end
 
@@ -57,7 +60,7 @@ def _connection() -> tuple[Any, Clock]:
     clock = Clock()
     connection: Any = object.__new__(GuardedProtocol)  # only the deadline's own state
     connection.loop = clock
-    connection._due, connection._on_due, connection._timer, connection._timer_at = 0.0, None, None, 0.0
+    connection._due, connection._on_due, connection._timer = 0.0, None, None
     return connection, clock
 
 
