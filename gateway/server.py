@@ -9,11 +9,15 @@ shutdown stops the workers last. A second signal skips the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
+
+from gateway.accept import BurstAcceptor, needs_burst_accept
 
 log = logging.getLogger("batchgate")
 
@@ -27,10 +31,30 @@ class DrainingServer(uvicorn.Server):
         self._timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._acceptors: list[BurstAcceptor] = []
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)  # type: ignore[arg-type]
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not needs_burst_accept(asyncio.get_running_loop()):
+            return
+        # The factory uvicorn's own listener uses (see gateway/accept.py for why a second one).
+        factory = functools.partial(
+            self.config.http_protocol_class,  # type: ignore[call-arg]
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        self._acceptors = [BurstAcceptor(server, factory, self.config.ssl) for server in self.servers]
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for acceptor in self._acceptors:
+            acceptor.close()  # before uvicorn closes its listeners: stop accepting is step one
+        self._acceptors = []
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is None or self._drain_task is not None or self.should_exit:

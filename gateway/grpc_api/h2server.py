@@ -46,6 +46,7 @@ import ssl
 import time
 from typing import Any
 
+from gateway.accept import BurstAcceptor, needs_burst_accept
 from gateway.grpc_api import h2wire as wire
 from gateway.grpc_api.h2calls import Method
 from gateway.grpc_api.h2connection import H2Connection
@@ -78,12 +79,15 @@ class H2Server:
         self.calls = 0
         self.connections: set[H2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._acceptor: BurstAcceptor | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.closing = False
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: H2Connection(self), host, port, ssl=self.ssl_context)
+        if needs_burst_accept(loop):
+            self._acceptor = BurstAcceptor(self._server, lambda: H2Connection(self), self.ssl_context)
         self._schedule_sweep()
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -105,6 +109,8 @@ class H2Server:
         self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._acceptor is not None:
+            self._acceptor.close()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
