@@ -146,20 +146,21 @@ class LocalSupervisor:
     async def _run(self, worker: WorkerProcess) -> None:
         backoff = BACKOFF_START_S
         while not self._stopping:
+            argv = self.command(worker.address, worker.local_path)
             worker.process = await asyncio.create_subprocess_exec(
-                *self.command(worker.address, worker.local_path),
+                *argv,
                 preexec_fn=_die_with_parent,
                 # Own session: a terminal's Ctrl-C reaches the gateway, which stops workers last.
                 start_new_session=True,
             )
             self.pool.add(worker.address, worker.local_path)
             log.info(
-                "pool %s: started worker %d (pid %d) on %s, %d ONNX Runtime thread(s) per run%s",
+                "pool %s: started worker %d (pid %d) on %s, %s ONNX Runtime thread(s) per run%s",
                 self.pool.name,
                 worker.index,
                 worker.process.pid,
                 worker.address,
-                self.threads(),
+                argv[argv.index("--threads") + 1],  # what it was started with, not a fresh count
                 "" if self.config.threads else " (auto: {} usable CPUs / {} runs)".format(*self._auto_share()),
             )
             code = await worker.process.wait()

@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--model-repository", type=Path, help="overrides model_repository in the config")
     parser.add_argument("--metrics-host", default="0.0.0.0")
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    # Not the gateway's 8002: a controller next to a gateway on one host (a dry run, say)
+    # must not fail to bind. The manifests name their port explicitly.
+    parser.add_argument("--metrics-port", type=int, default=8003, help="/healthz and /metrics (default 8003)")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     args = parser.parse_args(argv)
     overrides = {"model_repository": str(args.model_repository)} if args.model_repository else {}
