@@ -5,9 +5,9 @@
 #     bash benchmarks/gpu_kit.sh [PART_MIB]
 # It downloads, for CPython 3.12 on manylinux x86-64, onnxruntime-gpu at the version the `gpu`
 # extra pins, onnx (the check builds its models with it) and every dependency of batchgate, then
-# splits them into .gpu-kit/1, .gpu-kit/2, ... of at most PART_MIB MiB each (default 55), for
-# transfers capped at 64 MiB. Copy those folders to the GPU machine's checkout one by one, then
-# run there: bash benchmarks/gpu_device.sh
+# splits them into .gpu-kit/1, .gpu-kit/2, ... of at most PART_MIB MiB each (default 50), for
+# transfers capped at 64 MiB with the checkout (about 12 MiB) included. Copy those folders to the
+# GPU machine's checkout one by one, then run there: bash benchmarks/gpu_device.sh
 #
 #     KIT=cpu bash benchmarks/gpu_kit.sh [PART_MIB]
 # packs the CPU wheel, the whole `demo` extra and matplotlib instead, for `python -m benchmarks`
@@ -19,7 +19,7 @@
 # (gpu_device.sh looks for them and says which are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part_mib=${1:-55}
+part_mib=${1:-50}
 kit=.gpu-kit
 python=${PYTHON:-python3}
 rm -rf "$kit"
