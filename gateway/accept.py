@@ -41,6 +41,17 @@ def needs_burst_accept(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.startswith("uvloop")
 
 
+def accept_bursts(
+    server: asyncio.Server,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    ssl_context: ssl.SSLContext | None = None,
+) -> BurstAcceptor | None:
+    """A :class:`BurstAcceptor` for ``server`` where its loop needs one, else None."""
+    if not needs_burst_accept(asyncio.get_running_loop()):
+        return None
+    return BurstAcceptor(server, protocol_factory, ssl_context)
+
+
 class BurstAcceptor:
     """Accepts all waiting connections on ``server``'s listening sockets in one turn.
 

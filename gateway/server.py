@@ -17,7 +17,7 @@ from types import FrameType
 
 import uvicorn
 
-from gateway.accept import BurstAcceptor, needs_burst_accept
+from gateway.accept import BurstAcceptor, accept_bursts
 
 log = logging.getLogger("batchgate")
 
@@ -39,8 +39,6 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not needs_burst_accept(asyncio.get_running_loop()):
-            return
         # The factory uvicorn's own listener uses (see gateway/accept.py for why a second one).
         factory = functools.partial(
             self.config.http_protocol_class,  # type: ignore[call-arg]
@@ -48,7 +46,8 @@ class DrainingServer(uvicorn.Server):
             server_state=self.server_state,
             app_state=self.lifespan.state,
         )
-        self._acceptors = [BurstAcceptor(server, factory, self.config.ssl) for server in self.servers]
+        acceptors = (accept_bursts(server, factory, self.config.ssl) for server in self.servers)
+        self._acceptors = [acceptor for acceptor in acceptors if acceptor is not None]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for acceptor in self._acceptors:

@@ -46,7 +46,7 @@ import ssl
 import time
 from typing import Any
 
-from gateway.accept import BurstAcceptor, needs_burst_accept
+from gateway.accept import BurstAcceptor, accept_bursts
 from gateway.grpc_api import h2wire as wire
 from gateway.grpc_api.h2calls import Method
 from gateway.grpc_api.h2connection import H2Connection
@@ -85,11 +85,13 @@ class H2Server:
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: H2Connection(self), host, port, ssl=self.ssl_context)
-        if needs_burst_accept(loop):
-            self._acceptor = BurstAcceptor(self._server, lambda: H2Connection(self), self.ssl_context)
+        self._server = await loop.create_server(self._connection, host, port, ssl=self.ssl_context)
+        self._acceptor = accept_bursts(self._server, self._connection, self.ssl_context)
         self._schedule_sweep()
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _connection(self) -> H2Connection:
+        return H2Connection(self)
 
     def _schedule_sweep(self) -> None:
         limits = [t for t in (self.header_timeout_s, self.body_timeout_s, self.idle_timeout_s) if t > 0]
