@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,8 @@ class ModelBatcher:
         self._inflight_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Called with each finished batch's outputs and rows, after its answers are out.
+        self.watch_outputs: Callable[[Outputs, int], None] | None = None
         labels = (model, version)
         self.stats = ModelStats(model, version)
         self._m_batch = metrics.batch_size.labels(*labels)
@@ -335,6 +338,8 @@ class ModelBatcher:
                     answered_at - sent_at[0],
                     time.perf_counter_ns() - answered_at,
                 )
+                if self.watch_outputs is not None:
+                    self.watch_outputs(outputs, rows)
             else:
                 failure = error or WorkerError("batch failed")
                 for pending in batch:

@@ -124,7 +124,12 @@ class ShadowTracker:
 
 
 class OutputMonitor:
-    """The distribution of predicted classes (or the mean of the first output) over recent answers."""
+    """The distribution of predicted classes (or the mean of the first output) over recent rows.
+
+    The batcher hands it each finished batch once, after the batch's answers are out: one
+    random draw and at most one numpy reduction per batch, nothing per request. A sampled
+    batch contributes every row (``sample_ratio`` is the share of batches, so of rows).
+    """
 
     MAX_CLASSES = 32
 
@@ -133,16 +138,20 @@ class OutputMonitor:
         self.labels: deque[int] = deque(maxlen=window)
         self.means: deque[float] = deque(maxlen=window)
 
-    def observe(self, outputs: dict[str, npt.NDArray[Any]]) -> None:
+    def observe_batch(self, outputs: dict[str, npt.NDArray[Any]], rows: int) -> None:
         if random.random() >= self.sample_ratio or not outputs:
             return
         label = outputs.get("label")
         if label is not None and label.dtype.kind in "iu":
-            self.labels.extend(int(v) for v in label.reshape(-1))
-        else:
-            first = next(iter(outputs.values()))
-            if is_float(first.dtype) and first.size:
-                self.means.append(float(first.mean()))
+            self.labels.extend(label.reshape(-1).tolist())
+            return
+        first = next(iter(outputs.values()))
+        if not is_float(first.dtype) or not first.size:
+            return
+        if first.ndim and first.shape[0] == rows:
+            self.means.extend(first.reshape(rows, -1).mean(axis=1).tolist())
+        else:  # not batched along the rows: one value for the batch
+            self.means.append(float(first.mean()))
 
     def summary(self) -> dict[str, Any]:
         if self.labels:

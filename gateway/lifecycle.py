@@ -220,6 +220,7 @@ class ModelManager:
             ticks = max(1, round(drift.window_s / HEALTH_TICK_S))
             served.drift = DriftMonitor.load(version.path.parent.parent, drift.sample_ratio, ticks)
             served.outputs = OutputMonitor(drift.sample_ratio)
+            batcher.watch_outputs = served.outputs.observe_batch
         if model.config.shadow is not None:
             served.shadow = ShadowTracker()
         return served

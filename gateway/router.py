@@ -175,7 +175,8 @@ class Router(ModelTable):
                 raise
         load = primary.pool.load
         load.admitted(request.client)
-        ticket.future.add_done_callback(lambda _: load.finished((time.perf_counter_ns() - ticket.admitted_ns) / 1e9))
+        # A listener, not a done callback: that would cost a loop turn per request.
+        ticket.when_done(lambda done: load.finished((time.perf_counter_ns() - done.admitted_ns) / 1e9))
         fallback = primary.config.fallback
         if fallback is not None and fallback.primary_budget_ms and "timeout" in fallback.on and ticket.attempts:
             ticket.budget_timer = asyncio.get_running_loop().call_later(
@@ -241,9 +242,7 @@ class Router(ModelTable):
             self._settle(ticket)
             attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
             ticket.future.set_result((attempt, future.result()))
-            ticket.notify()  # the client's answer goes out before the monitors below look at it
-            if attempt.served.outputs is not None:
-                attempt.served.outputs.observe(future.result())
+            ticket.notify()  # the client's answer goes out before the shadow below is asked
             if attempt.reason is None and attempt.served.shadow is not None:
                 self._mirror(ticket, attempt.served, future.result())
             return
@@ -297,7 +296,9 @@ class Router(ModelTable):
         self._settle(ticket)
         if not ticket.future.done():
             ticket.future.cancel()
-            ticket.notify()
+        # Also when the future is already cancelled: a task cancelled while awaiting it
+        # cancels it without telling the listeners.
+        ticket.notify()
 
     def response(self, ticket: Ticket) -> InferResponse:
         """The answer of a ticket whose future has a result."""
