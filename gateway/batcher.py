@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gateway.clock import Clock
+from gateway.deadlines import DeadlineWatch
 from gateway.errors import BatchgateError, DeadlineExceeded, Overloaded, Unavailable, WorkerError
 from gateway.latency_model import LatencyModel
 from gateway.metrics import Metrics
@@ -83,6 +84,7 @@ class ModelBatcher:
         self._inflight_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.deadlines = DeadlineWatch(clock, self._expire)
         # Called with each finished batch's outputs and rows, after its answers are out.
         self.watch_outputs: Callable[[Outputs, int], None] | None = None
         labels = (model, version)
@@ -131,7 +133,7 @@ class ModelBatcher:
             self._answer_error(evicted, self.queue_full_error())
         if was_waiting:
             self._note_join(now)
-        pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, pending)
+        self.deadlines.watch(pending)
         self._pump()
         return pending
 
@@ -163,15 +165,12 @@ class ModelBatcher:
     def cancel(self, pending: Pending) -> None:
         """The client left: drop its request if it has not been batched yet."""
         self.queue.discard(pending)
-        if pending.timer is not None:
-            pending.timer.cancel()
         if not pending.future.done():
             pending.future.cancel()
         self._m_depth.set(len(self.queue))
         self._check_idle()
 
     def _expire(self, pending: Pending) -> None:
-        pending.timer = None
         if pending.future.done():
             return
         where = "in the queue" if pending.state == QUEUED else "while computing"
@@ -181,9 +180,6 @@ class ModelBatcher:
 
     @staticmethod
     def _answer_error(pending: Pending, error: BatchgateError) -> None:
-        if pending.timer is not None:
-            pending.timer.cancel()
-            pending.timer = None
         if not pending.future.done():
             pending.future.set_exception(error)
             if pending.on_done is not None:
@@ -389,9 +385,6 @@ class ModelBatcher:
                 for name, array in outputs.items():
                     batched = self.config.max_batch_size > 0 and array.ndim and array.shape[0] == rows
                     part[name] = array[start:end] if batched else array
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                    pending.timer = None
                 pending.future.set_result(part)
                 # At once, not a loop turn later: under load a turn also reads every request
                 # that has arrived meanwhile, and each hop on the way to the client's socket

@@ -37,7 +37,6 @@ class Pending:
         "rows",
         "shape_key",
         "state",
-        "timer",
     )
 
     def __init__(
@@ -58,7 +57,6 @@ class Pending:
         self.level = level
         self.future = future
         self.state = QUEUED
-        self.timer: asyncio.TimerHandle | None = None
         self.attempts = 0
         # Called with this request once its future has a result or an exception (not when it
         # is cancelled): at once for an answer, a loop turn later for an error.
