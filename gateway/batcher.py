@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.clock import Clock
+from gateway.clock import Clock, EarliestTimer
 from gateway.deadlines import DeadlineWatch
 from gateway.errors import BatchgateError, DeadlineExceeded, Overloaded, Unavailable, WorkerError
 from gateway.latency_model import LatencyModel
@@ -76,8 +76,7 @@ class ModelBatcher:
         self.latency = LatencyModel()
         self.service = LatencyModel()
         self._pumping = False
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._close_at: float | None = None
+        self._closer = EarliestTimer(clock, self._pump)  # re-runs the pump when a batch is due to close
         self._last_join: float | None = None
         self._join_gap: float | None = None
         self._inflight_batches = 0
@@ -261,7 +260,7 @@ class ModelBatcher:
                     break
                 wait = self.close_in(head, now)
                 if wait > 0:
-                    self._arm(now + wait)
+                    self._closer.arm(now + wait)
                     break
                 replica = self.pool.try_acquire()
                 if replica is None:
@@ -287,20 +286,6 @@ class ModelBatcher:
             self._m_depth.set(len(self.queue))
         finally:
             self._pumping = False
-
-    def _arm(self, when: float) -> None:
-        if self._close_at is not None and self._close_at <= when:
-            return
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._close_at = when
-        self._close_timer = loop.call_at(loop.time() + (when - self.clock.now()), self._on_close_timer)
-
-    def _on_close_timer(self) -> None:
-        self._close_timer = None
-        self._close_at = None
-        self._pump()
 
     def _concat(self, batch: list[Pending]) -> dict[str, Array]:
         if len(batch) == 1:
@@ -405,8 +390,7 @@ class ModelBatcher:
             log.warning("model %s: drain timed out with %d queued", self.model, len(self.queue))
 
     async def stop(self) -> None:
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        self._closer.cancel()
         now = self.clock.now()
         while True:
             head = self.queue.head(now)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -30,3 +32,31 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+
+class EarliestTimer:
+    """One loop timer for ``callback`` at a time on ``clock``'s scale; arming it again keeps the earlier time."""
+
+    def __init__(self, clock: Clock, callback: Callable[[], None]) -> None:
+        self.clock = clock
+        self.callback = callback
+        self.at: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, when: float) -> None:
+        if self.at is not None and self.at <= when:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self.at = when
+        self._handle = loop.call_at(loop.time() + (when - self.clock.now()), self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.at = None
+
+    def _fire(self) -> None:
+        self._handle = self.at = None
+        self.callback()

@@ -11,11 +11,10 @@ period under steady traffic.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from gateway.clock import Clock
+from gateway.clock import Clock, EarliestTimer
 from gateway.request_queue import Pending
 
 # libuv rounds timers to whole milliseconds: a timer may fire just before a deadline it was set for.
@@ -31,8 +30,7 @@ class DeadlineWatch:
         self.expire = expire
         self._open: deque[Pending] = deque()
         self._compact_at = MIN_COMPACT
-        self._timer: asyncio.TimerHandle | None = None
-        self._at: float | None = None
+        self._timer = EarliestTimer(clock, self._fire)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -44,26 +42,17 @@ class DeadlineWatch:
         queue.append(pending)
         if len(queue) > self._compact_at:  # finished requests held behind an open one
             self._compact()
-        if self._at is None or pending.deadline < self._at:
-            self._arm(pending.deadline)
+        self._timer.arm(pending.deadline)
 
     def _compact(self) -> None:
         self._open = deque(p for p in self._open if not p.future.done())
         self._compact_at = max(MIN_COMPACT, 2 * len(self._open))
 
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._at = when
-        self._timer = loop.call_at(loop.time() + (when - self.clock.now()), self._fire)
-
     def _fire(self) -> None:
-        self._timer = self._at = None
         due = self.clock.now() + TOLERANCE_S
         for pending in [p for p in self._open if p.deadline <= due and not p.future.done()]:
             if not pending.future.done():  # an earlier expiry may have answered it (a hook)
                 self.expire(pending)
         self._compact()
         if self._open:
-            self._arm(min(p.deadline for p in self._open))
+            self._timer.arm(min(p.deadline for p in self._open))

@@ -40,11 +40,15 @@ class Expiries:
                 await self.changed.wait()
 
 
+def _watch() -> tuple[MonotonicClock, Expiries, DeadlineWatch]:
+    clock = MonotonicClock()
+    expiries = Expiries(clock)
+    return clock, expiries, DeadlineWatch(clock, expiries)
+
+
 def test_an_open_request_expires_at_its_deadline_and_an_answered_one_never() -> None:
     async def scenario() -> None:
-        clock = MonotonicClock()
-        expiries = Expiries(clock)
-        watch = DeadlineWatch(clock, expiries)
+        clock, expiries, watch = _watch()
         answered, open_ = _pending(clock, 0.02), _pending(clock, 0.03)
         watch.watch(answered)
         watch.watch(open_)
@@ -58,9 +62,7 @@ def test_an_open_request_expires_at_its_deadline_and_an_answered_one_never() -> 
 
 def test_a_later_request_with_an_earlier_deadline_is_not_kept_waiting_for_the_first() -> None:
     async def scenario() -> None:
-        clock = MonotonicClock()
-        expiries = Expiries(clock)
-        watch = DeadlineWatch(clock, expiries)
+        clock, expiries, watch = _watch()
         patient, hurried = _pending(clock, 60.0), _pending(clock, 0.02)
         watch.watch(patient)
         begin = time.monotonic()
@@ -83,8 +85,7 @@ def test_requests_share_one_loop_timer() -> None:
             return call_at(when, callback, *args)
 
         loop.call_at = counting_call_at  # type: ignore[method-assign]
-        clock = MonotonicClock()
-        watch = DeadlineWatch(clock, Expiries(clock))
+        clock, _, watch = _watch()
         for _ in range(500):  # arrival order is deadline order under one timeout
             pending = _pending(clock, 30.0)
             watch.watch(pending)
@@ -99,8 +100,7 @@ def test_answered_requests_behind_an_open_one_are_not_kept() -> None:
     the watch keeps at most a bounded number of them, not every request since."""
 
     async def scenario() -> None:
-        clock = MonotonicClock()
-        watch = DeadlineWatch(clock, Expiries(clock))
+        clock, _, watch = _watch()
         watch.watch(_pending(clock, 30.0))
         largest = 0
         for _ in range(10 * MIN_COMPACT):
