@@ -216,7 +216,7 @@ class LimitsConfig(Frozen):
         ge=1,
         description="Open connections on each front; more get 503 (HTTP) or GOAWAY (gRPC) and are closed. Past it, "
         "8 more HTTP connections may still GET /v2/health/live, /v2/health/ready or /metrics (probes and scrapes "
-        "keep working under overload).",
+        "keep working under overload). batchgate_open_connections{front} shows how close each front is.",
     )
     max_grpc_rpcs: int = Field(1024, ge=1, description="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")
     header_timeout_s: float = Field(

@@ -115,6 +115,12 @@ class Metrics:
         self.active_clients = Gauge(
             "batchgate_active_clients", "Distinct clients seen in the last minute.", ["pool"], registry=r
         )
+        self.open_connections = Gauge(
+            "batchgate_open_connections",
+            "Client connections being served by each front (each holds at most limits.max_connections).",
+            ["front"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
         )

@@ -259,6 +259,7 @@ async def build_server(
         idle_timeout_s=config.idle_timeout_s,
         max_connections=front.limits.max_connections,
     )
+    front.metrics.open_connections.labels("grpc").set_function(lambda: len(server.connections))
     port = await server.start(host, config.port)
     return server, port
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.rest.protocol import OPS_RESERVE
-from tests.helpers import GatewayProcess, write_model
+from tests.helpers import GatewayProcess, wait_for, write_model
 
 CAP = 16
 
@@ -62,6 +62,9 @@ def test_probes_and_metrics_are_answered_at_the_cap_and_nothing_else_is(capped: 
     infer, body = INFER, BODY
     idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(CAP)]
     try:
+        # Connections opened at once are accepted together, not in the order they were opened:
+        # go on once the gateway serves all of them, so the ones below are the ones past the cap.
+        wait_for(lambda: capped.metric("batchgate_open_connections", {"front": "http"}, ops_port=True) == CAP)
         # Each answer ends with the server closing the connection (_exchange reads to EOF).
         status, raw = _exchange(port, _get("/v2/health/live"))
         assert status == 200, raw[:300]
@@ -101,3 +104,18 @@ def test_probes_and_metrics_are_answered_at_the_cap_and_nothing_else_is(capped: 
         if status == 200:
             break
     assert statuses[-1] == 200, statuses
+
+
+def test_the_open_connections_gauge_follows_both_fronts(capped: GatewayProcess) -> None:
+    def gauge(front: str) -> float:
+        return capped.metric("batchgate_open_connections", {"front": front}, ops_port=True)
+
+    assert capped.grpc_port is not None
+    wait_for(lambda: (gauge("http"), gauge("grpc")) == (0, 0))  # the test before closed its own
+    opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (capped.port, capped.grpc_port) * 3]
+    try:
+        wait_for(lambda: (gauge("http"), gauge("grpc")) == (3, 3))
+    finally:
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: (gauge("http"), gauge("grpc")) == (0, 0))
