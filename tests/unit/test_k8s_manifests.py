@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -209,3 +210,18 @@ def test_dockerfile_passes_hadolint_and_installs_what_make_installs() -> None:
     image_extras = re.search(r'pip install --no-cache-dir "\.\[\$\{VARIANT\},([a-z,]+)\]"', dockerfile)
     assert image_extras is not None and image_extras.group(1) == "demo"
     assert "ARG VARIANT=cpu" in dockerfile and "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
+    """Prometheus's own checker parses every expression and template (promtool comes with
+    Debian's prometheus package, which make test installs)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: make test installs Debian's prometheus package")
+        pytest.skip("promtool not installed (make test installs it)")
+    rule = yaml.safe_load((K8S / "monitoring" / "prometheusrule.yaml").read_text())
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
