@@ -50,8 +50,8 @@ class DeadlineWatch:
 
     def _fire(self) -> None:
         due = self.clock.now() + TOLERANCE_S
-        for pending in [p for p in self._open if p.deadline <= due and not p.future.done()]:
-            if not pending.future.done():  # an earlier expiry may have answered it (a hook)
+        for pending in [p for p in self._open if p.deadline <= due]:
+            if not pending.future.done():
                 self.expire(pending)
         self._compact()
         if self._open:
