@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from benchmarks.report import PEER_THREADS
 from workers.allocator import keep_freed_memory
 from workers.dtypes import ORT_TO_V2, V2_TO_NUMPY
 
@@ -57,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=PEER_THREADS)
     args = parser.parse_args()
     keep_freed_memory()  # as batchgate's own processes do (workers/allocator.py)
     uvicorn.run(

@@ -139,10 +139,22 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     def one_user(system: str, p50: float) -> Row:
         return Row(system, "mlp", "binary", 1, 300.0, p50, p50 * 2, p50 * 3, 0, 90.0, 300.0, 5.0, requests=3_000)
 
-    lines = targets([], {"mlp": 1.8}, [one_user("batchgate", 3.6), one_user("all-threads", 2.5)])
-    default, wide_line = [line for line in lines if line.startswith("- 3.")]
+    # Each 1-user row is compared with raw batch-1 on the threads it runs a batch on: the
+    # default pool's one, the all-threads gateway's every CPU (the sweep's cell, 1.25 ms).
+    raw = [
+        {"model": "mlp", "batch": 1, "threads": 1, "items_per_s": 500.0},
+        {"model": "mlp", "batch": 1, "threads": 2, "items_per_s": 800.0},
+    ]
+    served = [one_user("batchgate", 3.6), one_user("all-threads", 2.5)]
+    default, wide_line = [line for line in targets(raw, {"mlp": 1.8}, served, cpus=2) if line.startswith("- 3.")]
     assert "+1.800 ms** over raw batch-1 (1.800 ms) — NOT met" in default and "all CPUs" not in default
-    assert "all CPUs" in wide_line and "+0.700 ms**" in wide_line and wide_line.endswith("— met")
+    assert "all CPUs" in wide_line and "+1.250 ms** over raw batch-1 on 2 threads (1.250 ms) — NOT met" in wide_line
+    faster = targets(raw, {"mlp": 1.8}, [one_user("all-threads", 2.2)], cpus=2)
+    (fast,) = [line for line in faster if line.startswith("- 3.")]
+    assert fast.endswith("+0.950 ms** over raw batch-1 on 2 threads (1.250 ms) — met")
+    # A sweep without that thread count gives no verdict rather than one against 1 thread.
+    (unjudged,) = [line for line in targets(raw, {"mlp": 1.8}, served[1:], cpus=4) if line.startswith("- 3.")]
+    assert "no verdict" in unjudged and "met" not in unjudged
 
     runs = [_open("batchgate", 10.0, 30.0)] * 3 + [_open("all-threads", 10.0, p99) for p99 in (40.0, 50.0, 45.0)]
     (extra,) = [line for line in targets([], {}, runs) if "all-threads" in line]
