@@ -132,8 +132,8 @@ class ModelBatcher:
             self._answer_error(evicted, self.queue_full_error())
         if was_waiting:
             self._note_join(now)
-        self.deadlines.watch(pending)
         self._pump()
+        self.deadlines.watch(pending)  # after the pump: a lone request is on its way to a worker first
         return pending
 
     def predicted_latency_s(self, rows: int) -> float:
@@ -275,14 +275,15 @@ class ModelBatcher:
                         self.pool.release(replica)
                         continue
                 rows = sum(p.rows for p in batch)
-                for pending in batch:
-                    self._m_queue.observe(now - pending.enqueued)
-                    self.stats.queued(int((now - pending.enqueued) * 1e9))
-                self._m_batch.observe(rows)
                 self._inflight_batches += 1
                 self._inflight_rows += rows
                 self._idle.clear()
                 self._launch(replica, batch, rows)
+                # Counted once the batch is on its way: the worker computes meanwhile.
+                for pending in batch:
+                    self._m_queue.observe(now - pending.enqueued)
+                    self.stats.queued(int((now - pending.enqueued) * 1e9))
+                self._m_batch.observe(rows)
             self._m_depth.set(len(self.queue))
         finally:
             self._pumping = False
@@ -301,17 +302,17 @@ class ModelBatcher:
         def done(outputs: Outputs | None, busy: float | None, error: BatchgateError | None) -> None:
             self.pool.release(replica)
             answered_at = time.perf_counter_ns()
-            if outputs is not None:
-                elapsed = (answered_at - sent_at[0]) / 1e9
-                self.latency.observe(rows, elapsed)
-                self.service.observe(rows, elapsed if busy is None else busy)
-                self._m_compute.observe(elapsed if busy is None else busy)  # the worker's own time when it says
-            elif error is not None and error.retryable and self._requeue(replica, batch, error):
+            if outputs is None and error is not None and error.retryable and self._requeue(replica, batch, error):
                 self._finish_batch(rows)
                 return
             self._finish_batch(rows)
             if outputs is not None:
                 self._split(outputs, batch, rows)
+                # The answers are out; the fits and metrics wait for them, not they for these.
+                elapsed = (answered_at - sent_at[0]) / 1e9
+                self.latency.observe(rows, elapsed)
+                self.service.observe(rows, elapsed if busy is None else busy)
+                self._m_compute.observe(elapsed if busy is None else busy)  # the worker's own time when it says
                 self.stats.batch_done(
                     rows,
                     len(batch),

@@ -48,11 +48,14 @@ class CircuitBreaker:
             return True
         return state == HALF_OPEN and outstanding == 0
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """Count a batch that reached the worker and back; True when this closes the circuit."""
         self.failures = 0
-        if self._state != CLOSED:
-            self._state = CLOSED
-            self.ejections = max(self.ejections - 1, 0)
+        if self._state == CLOSED:
+            return False
+        self._state = CLOSED
+        self.ejections = max(self.ejections - 1, 0)
+        return True
 
     def failure(self, may_eject: bool) -> bool:
         """Count a transport failure; returns True when this ejects the replica."""

@@ -143,8 +143,9 @@ class PoolClient:
     def record(self, replica: Replica, transport_ok: bool) -> None:
         """Feed one batch outcome to the replica's breaker (model errors count as transport_ok)."""
         if transport_ok:
-            replica.breaker.success()
             self.retry_budget.deposit()
+            if not replica.breaker.success():
+                return  # still closed: the gauge already says so (a labelled set per batch is not free)
         else:
             ejected = sum(1 for r in self.replicas.values() if r.breaker.state == OPEN)
             may_eject = ejected + 1 <= self.max_ejected_ratio * len(self.replicas)
