@@ -57,19 +57,26 @@ class Ticket:
     budget_timer: asyncio.TimerHandle | None = None
     fallback_started: bool = False
     listeners: list[Callable[[Ticket], None]] = field(default_factory=list)
+    bookkeeping: list[Callable[[Ticket], None]] = field(default_factory=list)
 
-    def when_done(self, listener: Callable[[Ticket], None]) -> None:
+    def when_done(self, listener: Callable[[Ticket], None], *, bookkeeping: bool = False) -> None:
         """Call ``listener(ticket)`` as soon as the future is settled (result, error or
         cancelled): in the same call that settles it, where a done callback would wait a
-        loop turn. Already settled: on the next turn."""
+        loop turn. Already settled: on the next turn. ``bookkeeping`` listeners run after
+        the others, so the gateway's own accounting never delays a client's answer."""
         if self.future.done():
             self.future.get_loop().call_soon(listener, self)
+        elif bookkeeping:
+            self.bookkeeping.append(listener)
         else:
             self.listeners.append(listener)
 
     def notify(self) -> None:
-        """Run the listeners once (the future has just been settled)."""
+        """Run the listeners once (the future has just been settled), bookkeeping last."""
         listeners, self.listeners = self.listeners, []
+        if self.bookkeeping:
+            listeners += self.bookkeeping
+            self.bookkeeping = []
         for listener in listeners:
             try:
                 listener(self)
@@ -176,7 +183,9 @@ class Router(ModelTable):
         load = primary.pool.load
         load.admitted(request.client)
         # A listener, not a done callback: that would cost a loop turn per request.
-        ticket.when_done(lambda done: load.finished((time.perf_counter_ns() - done.admitted_ns) / 1e9))
+        ticket.when_done(
+            lambda done: load.finished((time.perf_counter_ns() - done.admitted_ns) / 1e9), bookkeeping=True
+        )
         fallback = primary.config.fallback
         if fallback is not None and fallback.primary_budget_ms and "timeout" in fallback.on and ticket.attempts:
             ticket.budget_timer = asyncio.get_running_loop().call_later(
@@ -240,9 +249,10 @@ class Router(ModelTable):
         error = future.exception()
         if error is None:
             self._settle(ticket)
-            attempt.served.batcher.stats.request_done(True, time.perf_counter_ns() - ticket.admitted_ns)
+            answered_ns = time.perf_counter_ns()
             ticket.future.set_result((attempt, future.result()))
-            ticket.notify()  # the client's answer goes out before the shadow below is asked
+            ticket.notify()  # the client's answer goes out before the stats and the shadow below
+            attempt.served.batcher.stats.request_done(True, answered_ns - ticket.admitted_ns)
             if attempt.reason is None and attempt.served.shadow is not None:
                 self._mirror(ticket, attempt.served, future.result())
             return

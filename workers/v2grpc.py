@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,19 +36,24 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def array_from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> npt.NDArray[Any]:
-    """View raw little-endian tensor bytes as an array; raises ValueError on a size mismatch."""
-    if any(int(dim) < 0 for dim in shape):
-        raise ValueError(f"shape {list(shape)} has a negative dimension")
-    count = element_count(shape)
+    """View raw little-endian tensor bytes as an array; raises ValueError on a size mismatch.
+
+    Every batch's outputs pass through here at the gateway, and each request's inputs at a
+    worker: one tuple of the dimensions serves the checks and the reshape (a protobuf
+    repeated field read dimension by dimension costs several times that)."""
+    dims = tuple(shape)
+    if dims and min(dims) < 0:
+        raise ValueError(f"shape {list(dims)} has a negative dimension")
+    count = math.prod(dims)
     if datatype == "BYTES":
-        return deserialize_bytes(raw, count).reshape(shape)
+        return deserialize_bytes(raw, count).reshape(dims)
     dtype = V2_TO_NUMPY.get(datatype)
     if dtype is None:
         raise ValueError(f"unsupported datatype {datatype}")
     expected = count * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"has {len(raw)} bytes of data but shape {list(shape)} of {datatype} needs {expected}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        raise ValueError(f"has {len(raw)} bytes of data but shape {list(dims)} of {datatype} needs {expected}")
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
 def array_from_contents(datatype: str, shape: Sequence[int], contents: Any) -> npt.NDArray[Any]:

@@ -178,10 +178,10 @@ class DirectCycle:
             return
         self.response_complete = True
         status, content_type, body, extra = answer
-        self.call.close(status)
         protocol = self.protocol
         transport = protocol.transport
         if transport.is_closing():
+            self.call.close(status)
             return
         head = [STATUS_LINES[status]]
         for name, value in protocol.server_state.default_headers:
@@ -197,6 +197,7 @@ class DirectCycle:
             head.append(b"connection: close\r\n")
         head += (b"\r\n", body)
         transport.write(b"".join(head))
+        self.call.close(status)  # counted once the answer is out (before a pipelined request starts)
         if not keep_alive:
             transport.close()
         protocol.on_response_complete()

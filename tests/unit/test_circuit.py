@@ -1,5 +1,9 @@
+import asyncio
+
 from gateway.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
 from gateway.clock import FakeClock
+from gateway.metrics import Metrics
+from gateway.pool import PoolClient
 
 
 def test_consecutive_failures_eject_then_probe_then_close() -> None:
@@ -68,5 +72,33 @@ def test_a_replica_added_back_while_draining_is_kept() -> None:
         await removal
         assert "127.0.0.1:1" in pool.replicas
         await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_pool_gauge_follows_the_breaker_without_a_set_per_batch() -> None:
+    """``PoolClient.record`` sets the circuit gauge when the state changes, not on each batch."""
+
+    async def scenario() -> None:  # a replica's idle event wants a running loop
+        clock, metrics = FakeClock(), Metrics()
+        pool = PoolClient("p", clock=clock, metrics=metrics)
+        replica = pool.add("w:1")
+        pool.add("w:2")  # half the pool may be ejected: one of two
+        gauge = metrics.circuit_state.labels("p", "w:1")
+        sets = []
+        original = gauge.set
+        gauge.set = lambda value: (sets.append(value), original(value))  # type: ignore[method-assign]
+        for _ in range(5):
+            pool.record(replica, True)
+        assert sets == []  # closed all along: nothing to tell
+        for _ in range(replica.breaker.threshold):
+            pool.record(replica, False)
+        assert replica.breaker.state == OPEN and sets[-1] == OPEN
+        clock.advance(replica.breaker.max_ejection_s)
+        pool.record(replica, True)  # the probe came back
+        assert sets[-1] == CLOSED and gauge._value.get() == CLOSED
+        count = len(sets)
+        pool.record(replica, True)
+        assert len(sets) == count
 
     asyncio.run(scenario())

@@ -89,3 +89,19 @@ def test_answered_requests_leave_the_count_and_each_row_is_watched(monkeypatch: 
         assert sorted(served.outputs.means) == [1.0, 2.0, 3.0]  # one mean per row, not per batch
 
     asyncio.run(scenario())
+
+
+def test_the_clients_answer_is_told_before_the_bookkeeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener the protocol adds after admission runs before the router's own (the
+    autoscaler's in-flight count), so that accounting never delays an answer."""
+
+    async def scenario() -> None:
+        router, served, _ = _router(monkeypatch)
+        seen: list[int] = []
+        ticket = router.admit(_request(1.0))
+        ticket.when_done(lambda _ticket: seen.append(served.pool.load.inflight))
+        await ticket.future
+        assert seen == [1]  # still counted while the answer went out
+        assert served.pool.load.inflight == 0
+
+    asyncio.run(scenario())
