@@ -54,6 +54,7 @@ RESULTS = Path(__file__).parent / "results"
 XL_WIDTHS = (2048, 8192, 8192, 2048)
 PROTOCOLS = ("json", "binary", "grpc")
 MIN_RAW_RUNS = 5  # per batch size and thread count in the raw sweep, however long they take
+RAW_BEFORE_RUNS = 1000  # raw batch-1 runs right before each 1-user row (2-3 s of mlp here)
 
 
 Feeds = Callable[[int], dict[str, Any]]
@@ -140,12 +141,12 @@ def xl_rounds(
     return out
 
 
-def raw_latency_ms(model_path: Path, make_feed: Feeds, runs: int = 2000) -> float:
-    """p50 of batch-1 session.run, threads=1 (what one worker replica does)."""
+def raw_latency_ms(model_path: Path, make_feed: Feeds, runs: int = 2000, threads: int = 1) -> float:
+    """p50 of batch-1 session.run, by default on one thread (what one worker replica does)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     feed = make_feed(1)
     samples = []
@@ -315,10 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     cpus = usable_cpus()
     if not args.no_all_threads and cpus > 1:
         all_threads = _gateway(main_repo, work / "gateway-all-threads.log", {"pools": {"default": {"threads": cpus}}})
+    mlp_path = main_repo / "mlp" / "1" / "model.onnx"
     try:
         for count in users:
             for protocol in PROTOCOLS:
-                run(
+                # Target 3 compares a 1-user p50 with raw batch 1 measured right before it.
+                raw_before = raw_latency_ms(mlp_path, dense(512), RAW_BEFORE_RUNS) if count == 1 else None
+                row = run(
                     "batchgate",
                     gateway.process,
                     grpc_port if protocol == "grpc" else port,
@@ -327,9 +331,12 @@ def main(argv: list[str] | None = None) -> None:
                     count,
                     stats_port=port,
                 )
+                row.raw_p50_ms = raw_before
                 if count == 1 and all_threads is not None:  # right after the default, for the drift
                     at = (all_threads.grpc_port or 0) if protocol == "grpc" else all_threads.port
-                    run(ALL_THREADS, all_threads.process, at, "mlp", protocol, 1, stats_port=all_threads.port)
+                    raw_before = raw_latency_ms(mlp_path, dense(512), RAW_BEFORE_RUNS, threads=cpus)
+                    row = run(ALL_THREADS, all_threads.process, at, "mlp", protocol, 1, stats_port=all_threads.port)
+                    row.raw_p50_ms = raw_before
         for protocol in PROTOCOLS:
             run(
                 "batchgate",

@@ -43,6 +43,9 @@ class Row:
     cpu_by_process: list[float] = field(default_factory=list)
     # Share of the run in which some runnable task waited for a CPU (/proc/pressure/cpu "some").
     cpu_pressure: float | None = None
+    # Raw batch-1 p50 (ms) on the threads the server runs a batch on, measured right before
+    # this row (1-user rows of target 3): the machine's speed drifts between minutes.
+    raw_p50_ms: float | None = None
 
     def errors_text(self) -> str:
         """The error count, with what the errors were when there were any."""

@@ -58,13 +58,16 @@ def batch1_reference(
 ) -> tuple[float, str] | None:
     """The raw batch-1 time (ms) that ``row``'s 1-user p50 is compared with, and its label.
 
-    Each comparison keeps the thread count. The default pool runs a batch on one thread: raw
-    batch-1 on one thread (its own 2,000-run p50). The all-threads gateway runs it on every
-    CPU, the no-batching server and the peers on PEER_THREADS: the sweep's batch-1 cell at that
-    many threads (the batch over its median run). Runs up to 2026-11-28 compared all of them
-    with one thread, and called the all-threads gateway's +0.23 ms met where the like-for-like
-    gap was +1.47 ms. None when the sweep has no such cell."""
+    Each comparison keeps the thread count: the default pool runs a batch on one thread,
+    the all-threads gateway on every CPU, the no-batching server and the peers on
+    PEER_THREADS. A row that carries its own raw p50 (``raw_p50_ms``, measured right before
+    it on those threads) uses that. Otherwise: on one thread, the run's 2,000-run p50; on
+    more, the sweep's batch-1 cell (the batch over its median run). Runs up to 2026-11-28
+    compared all of them with one thread, and called the all-threads gateway's +0.23 ms met
+    where the like-for-like gap was +1.47 ms. None when there is nothing to compare with."""
     threads = cpus if row.system == ALL_THREADS else 1 if row.system in OURS else PEER_THREADS
+    if row.raw_p50_ms is not None:
+        return row.raw_p50_ms, f"raw batch-1 on {threads} thread{'s' if threads > 1 else ''} just before"
     if threads == 1:
         return (latency[row.model], "raw batch-1") if row.model in latency else None
     cell = next(

@@ -152,6 +152,11 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     faster = targets(raw, {"mlp": 1.8}, [one_user("all-threads", 2.2)], cpus=2)
     (fast,) = [line for line in faster if line.startswith("- 3.")]
     assert fast.endswith("+0.950 ms** over raw batch-1 on 2 threads (1.250 ms) — met")
+    # A row measured with its own raw batch-1 right before it is compared with that.
+    drifted = one_user("batchgate", 3.6)
+    drifted.raw_p50_ms = 2.7
+    (own,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
+    assert "+0.900 ms** over raw batch-1 on 1 thread just before (2.700 ms) — met" in own
     # A sweep without that thread count gives no verdict rather than one against 1 thread.
     (unjudged,) = [line for line in targets(raw, {"mlp": 1.8}, served[1:], cpus=4) if line.startswith("- 3.")]
     assert "no verdict" in unjudged and "met" not in unjudged
