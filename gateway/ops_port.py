@@ -31,7 +31,8 @@ from gateway.config import LimitsConfig
 from gateway.errors import BatchgateError
 from gateway.metrics import Metrics
 from gateway.rest.auth import authorize
-from gateway.rest.protocol import STATUS_LINES, canned_response
+from gateway.rest.direct import STATUS_LINES
+from gateway.rest.protocol import canned_response
 
 log = logging.getLogger("batchgate")
 

@@ -1,4 +1,4 @@
-"""The protocol's direct inference path (gateway.rest.protocol.DirectCycle) on a real gateway.
+"""The protocol's direct inference path (gateway.rest.direct.DirectCycle) on a real gateway.
 
 Plain ``POST .../infer`` requests with a Content-Length body are answered by the HTTP
 protocol itself, without uvicorn's ASGI cycle; everything else (chunked bodies, Expect,

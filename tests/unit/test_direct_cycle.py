@@ -12,8 +12,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+from gateway.rest.direct import DirectCycle
 from gateway.rest.infer import JSON, Answer
-from gateway.rest.protocol import DirectCycle
 
 
 class Transport:
