@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from benchmarks.report import PEER_THREADS
+from benchmarks.targets import PEER_THREADS
 from workers.allocator import keep_freed_memory
 from workers.dtypes import ORT_TO_V2, V2_TO_NUMPY
 

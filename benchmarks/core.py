@@ -45,7 +45,8 @@ import yaml
 
 from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
-from benchmarks.report import ALL_THREADS, BATCHES, best_raw, markdown, plot
+from benchmarks.report import BATCHES, markdown, plot
+from benchmarks.targets import ALL_THREADS, best_raw
 from gateway.child import ChildGateway, free_port
 from workers.affinity import usable_cpus
 from workers.allocator import keep_freed_memory

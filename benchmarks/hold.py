@@ -31,7 +31,7 @@ import yaml
 
 from benchmarks.core import _gateway
 from benchmarks.measure import Row, bodies, measure
-from benchmarks.report import middle
+from benchmarks.targets import middle
 from gateway.demo import mlp_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -9,7 +9,8 @@ import sys
 import tempfile
 
 from benchmarks.measure import Row
-from benchmarks.report import cpus_text, open_loop_cpu, targets
+from benchmarks.report import cpus_text, open_loop_cpu
+from benchmarks.targets import targets
 
 
 def _open(system: str, p50: float, p99: float, rate: float = 7000.0) -> Row:
