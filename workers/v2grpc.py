@@ -29,10 +29,7 @@ CONTENTS_FIELD = {
 
 
 def element_count(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= int(dim)
-    return count
+    return math.prod(int(dim) for dim in shape)
 
 
 def array_from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> npt.NDArray[Any]:

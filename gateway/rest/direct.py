@@ -100,7 +100,7 @@ class DirectCycle:
         self.answer(answer)
 
     def answer(self, answer: Answer) -> None:
-        """Count the request and write its response in one ``write`` (then close or keep alive)."""
+        """Write the response in one ``write``, then count the request (and close or keep alive)."""
         if self.response_complete:
             return
         self.response_complete = True
