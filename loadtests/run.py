@@ -24,14 +24,11 @@ from loadtests.report import SLO, Measured, plot, read_stats, summary
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = ("http_json", "http_binary", "grpc")
-# locust keeps each time under 100 ms rounded to the whole millisecond, so the p50 it
-# reports can sit up to half a millisecond from the one it measured.
-LOCUST_ROUNDING_MS = 0.5
 
 
 def allowed_difference_ms(benchmark_p50_ms: float, tolerance_ms: float, tolerance_ratio: float) -> float:
-    """How far locust's p50 may be from the benchmark load generator's and still agree."""
-    return tolerance_ms + tolerance_ratio * benchmark_p50_ms + LOCUST_ROUNDING_MS
+    """How far locust's exact p50 may be from the benchmark load generator's and still agree."""
+    return tolerance_ms + tolerance_ratio * benchmark_p50_ms
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -63,6 +60,7 @@ def run_locust(
     think_ms: float,
     max_rows: int,
     tag: str = "",
+    samples: Path | None = None,
 ) -> Measured:
     prefix = out / f"{protocol}{tag}"
     argv = [
@@ -101,6 +99,8 @@ def run_locust(
         "--loglevel",
         "WARNING",
     ]
+    if samples is not None:
+        argv += ["--samples-out", str(samples)]
     with open(f"{prefix}.log", "wb") as log:
         subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=seconds + 90, check=True, cwd=HERE.parent)
     return read_stats(prefix, protocol)
@@ -151,7 +151,10 @@ def compare(
             think_ms=0,
             max_rows=1,
             tag="_compare",
+            samples=out / f"{protocol}_compare_samples.json",
         )
+        exact = json.loads((out / f"{protocol}_compare_samples.json").read_text())
+        locust_p50_ms = float(np.median(exact)) if exact else float("nan")
         port = grpc_port if protocol == "grpc" else http_port
         argv = [
             sys.executable,
@@ -174,10 +177,11 @@ def compare(
         rows.append(
             {
                 "protocol": protocol,
-                "locust_p50_ms": ours.p50_ms,
+                "locust_p50_ms": locust_p50_ms,
+                "locust_rounded_p50_ms": ours.p50_ms,
                 "benchmark_p50_ms": bench["p50_ms"],
                 "allowed_difference_ms": allowed,
-                "agree": abs(ours.p50_ms - bench["p50_ms"]) <= allowed,
+                "agree": abs(locust_p50_ms - bench["p50_ms"]) <= allowed,
             }
         )
     return rows
@@ -212,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--compare-seconds", type=float, default=4.0)
     parser.add_argument(
-        "--tolerance-ms", type=float, default=1.0, help="agreement: fixed part (0.5 ms for locust's rounding is added)"
+        "--tolerance-ms",
+        type=float,
+        default=2.0,
+        help="agreement: fixed part (a Python client on gevent adds 1-1.6 ms a call; python-requests about 3)",
     )
     parser.add_argument("--tolerance-ratio", type=float, default=0.5, help="agreement: share of the benchmark's p50")
     parser.add_argument("--out", type=Path, default=Path("loadtests/reports"))
@@ -274,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems = list(report["breaches"])
     problems += [
-        f"{row['protocol']}: locust p50 {row['locust_p50_ms']:.1f} ms vs benchmark {row['benchmark_p50_ms']:.1f} ms "
-        f"(allowed ±{row['allowed_difference_ms']:.1f} ms)"
+        f"{row['protocol']}: locust p50 {row['locust_p50_ms']:.2f} ms vs benchmark {row['benchmark_p50_ms']:.2f} ms "
+        f"(allowed ±{row['allowed_difference_ms']:.2f} ms)"
         for row in comparison
         if not row["agree"]
     ]

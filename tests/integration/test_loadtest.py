@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,18 @@ def test_a_failing_model_breaches_the_error_ratio(tmp_path: Path, demo_repositor
         gateway.stop()
     assert result.returncode == 1
     assert "http_binary: error ratio" in result.stdout.strip().splitlines()[-1]
+
+
+def test_compare_judges_the_exact_one_user_times(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """locust's rounded p50 is whole milliseconds; the comparison uses every exact time."""
+    result = _loadtest(gateway, tmp_path, "--protocols", "http_binary", "--compare", "--compare-seconds", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads((tmp_path / "summary.json").read_text())["comparison"]
+    samples = json.loads((tmp_path / "http_binary_compare_samples.json").read_text())
+    with open(tmp_path / "http_binary_compare_stats.csv") as stats:
+        aggregated = [line for line in stats if ",Aggregated," in line]
+    counted = int(aggregated[0].split(",")[2])
+    assert counted > 50 and counted <= len(samples) <= counted + 2  # a call may end after the CSV is written
+    assert row["locust_p50_ms"] == statistics.median(samples)
+    assert row["locust_p50_ms"] != round(row["locust_p50_ms"])  # not locust's whole milliseconds
+    assert row["agree"] and row["benchmark_p50_ms"] > 0
