@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     connections = server.server_state.connections  # read at each scrape: nothing per connection
     gateway.metrics.open_connections.labels("http").set_function(lambda: len(connections))
+    gateway.metrics.max_connections.labels("http").set(config.limits.max_connections)
     # The operations port opens at the end of the gateway's startup, and uvicorn binds the HTTP
     # port only after that: ready there waits for the HTTP port too.
     gateway.ops_port.ready = lambda: server.started and gateway.dataplane.ready()

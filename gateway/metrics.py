@@ -121,6 +121,12 @@ class Metrics:
             ["front"],
             registry=r,
         )
+        self.max_connections = Gauge(
+            "batchgate_max_connections",
+            "Each front's connection cap (limits.max_connections): alert on open over max, not on a number.",
+            ["front"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
         )

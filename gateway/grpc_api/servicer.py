@@ -260,6 +260,7 @@ async def build_server(
         max_connections=front.limits.max_connections,
     )
     front.metrics.open_connections.labels("grpc").set_function(lambda: len(server.connections))
+    front.metrics.max_connections.labels("grpc").set(front.limits.max_connections)
     port = await server.start(host, config.port)
     return server, port
 

@@ -111,6 +111,8 @@ def test_the_open_connections_gauge_follows_both_fronts(capped: GatewayProcess) 
         return capped.metric("batchgate_open_connections", {"front": front}, ops_port=True)
 
     assert capped.grpc_port is not None
+    caps = [capped.metric("batchgate_max_connections", {"front": f}, ops_port=True) for f in ("http", "grpc")]
+    assert caps == [CAP, CAP]  # what the near-cap alert divides by
     wait_for(lambda: (gauge("http"), gauge("grpc")) == (0, 0))  # the test before closed its own
     opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (capped.port, capped.grpc_port) * 3]
     try:

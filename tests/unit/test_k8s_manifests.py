@@ -225,3 +225,55 @@ def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> None:
+    """promtool's rule tests: 900 of a 1024 cap fires, 900 of a raised 4096 cap does not."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: make test installs Debian's prometheus package")
+        pytest.skip("promtool not installed (make test installs it)")
+    rule = yaml.safe_load((K8S / "monitoring" / "prometheusrule.yaml").read_text())
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    series = [
+        ("batchgate_open_connections", "a", "900+0x20"),
+        ("batchgate_max_connections", "a", "1024+0x20"),
+        ("batchgate_open_connections", "b", "900+0x20"),
+        ("batchgate_max_connections", "b", "4096+0x20"),
+    ]
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{name}{{instance="{instance}",front="http"}}', "values": values}
+                    for name, instance, values in series
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "BatchgateConnectionsNearCap",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"instance": "a", "front": "http", "severity": "ticket"},
+                                "exp_annotations": {
+                                    "summary": "The http front of a holds over 80% of its connection cap",
+                                    "description": "Over 80% of limits.max_connections for 10 minutes (87.89% now); "
+                                    "past the cap new connections get 503 (HTTP) or GOAWAY (gRPC). Add gateways or "
+                                    "raise the cap.",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
