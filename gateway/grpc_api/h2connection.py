@@ -42,7 +42,7 @@ class H2Connection(asyncio.Protocol):
         self.headers_for: int | None = None  # a header block continues on this stream
         self.header_block = bytearray()
         self.header_flags = 0
-        self.credit = 0  # connection window to give back after this read
+        self.credit = 0  # connection window used and not yet given back (see wire.CONNECTION_REFILL)
         self.peer = "unknown"
         self.closed = False
         self.outbox = Outbox(lambda stream: self._drop(stream, cancel=False))
@@ -191,7 +191,7 @@ class H2Connection(asyncio.Protocol):
                 self._fail(wire.INTERNAL_ERROR, "internal error")
                 return
         del buffer[:at]
-        if self.credit and not self.closed:
+        if self.credit >= wire.CONNECTION_REFILL and not self.closed:
             self.outbox.add(wire.WINDOW_UPDATE, 0, 0, struct.pack(">I", self.credit))
             self.credit = 0
         self.flush()

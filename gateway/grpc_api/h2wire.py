@@ -25,6 +25,9 @@ DEFAULT_FRAME = 16_384
 OUR_FRAME = 1 << 20  # largest frame we accept: big DATA frames mean fewer of them
 STREAM_WINDOW = 4 << 20  # per stream; given back as it is used
 CONNECTION_GRANT = MAX_WINDOW - DEFAULT_WINDOW  # the connection window, raised once to the maximum
+# The connection window is given back only once this much of it is used: a WINDOW_UPDATE
+# after every read costs a send and wakes the client for nothing (one per call at 1 user).
+CONNECTION_REFILL = CONNECTION_GRANT // 2
 MAX_HEADER_BLOCK = 64 * 1024  # header bytes per request (HEADERS + CONTINUATION) before GOAWAY
 MAX_HEADER_LIST_SIZE = 16 * 1024  # decoded metadata per request (grpcio allows 8 KiB by default)
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}

@@ -29,9 +29,11 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string, request_block
+from gateway.grpc_api import h2wire
 from gateway.grpc_api.h2calls import CallContext, unary_methods
 from gateway.grpc_api.h2server import H2Server
 from gateway.grpc_api.h2wire import (
+    CONNECTION_GRANT,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -202,6 +204,7 @@ class Peer:
         settings = struct.pack(">HI", INITIAL_WINDOW_SIZE, window)
         self.sock.sendall(preface + frame(SETTINGS, 0, 0, settings))
         self.buffer = b""
+        self.grants: list[int] = []  # the server's WINDOW_UPDATEs for the whole connection
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -218,7 +221,10 @@ class Peer:
             kind, flags = self.buffer[3], self.buffer[4]
             stream = int.from_bytes(self.buffer[5:9], "big")
             payload, self.buffer = self.buffer[9 : 9 + length], self.buffer[9 + length :]
-            if kind == SETTINGS or (kind == WINDOW_UPDATE and stream == 0):
+            if kind == WINDOW_UPDATE and stream == 0:
+                self.grants.append(int.from_bytes(payload, "big"))
+                continue
+            if kind == SETTINGS:
                 continue
             return kind, flags, stream, payload
 
@@ -265,6 +271,25 @@ def test_answer_waits_for_the_peers_window(server: Loop) -> None:
     assert status == 0
     reply = service_pb2.ModelInferResponse.FromString((first + rest)[5:])
     assert reply.raw_output_contents == [b"x" * 3000]
+
+
+def test_the_connection_window_is_given_back_only_once_half_used(server: Loop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WINDOW_UPDATE after every read cost a send, and woke the client for nothing, per call."""
+    peer = server.peer()
+    peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 24)))  # room for the echoes
+    sent = 0
+    for stream in (1, 3, 5):
+        body = call("echo", b"x" * 100_000)
+        peer.send(headers(stream) + frame(DATA, END_STREAM, stream, body))
+        sent += len(body)
+        assert peer.answer(stream)[0] == 0
+    assert peer.grants == [CONNECTION_GRANT]  # the opening grant only
+    monkeypatch.setattr(h2wire, "CONNECTION_REFILL", 150_000)
+    body = call("echo", b"x" * 100_000)
+    peer.send(headers(7) + frame(DATA, END_STREAM, 7, body))
+    assert peer.answer(7)[0] == 0
+    # Past the (lowered) mark, everything used so far comes back in one update.
+    assert len(peer.grants) == 2 and sent < peer.grants[1] <= sent + len(body)
 
 
 def test_reset_stream_cancels_the_call(server: Loop) -> None:
