@@ -57,13 +57,28 @@ class CallContext:
         raise Abort(int(code.value[0]), details, tuple(trailing_metadata))
 
 
+Reply = Callable[[Any, "Abort | None"], None]
+"""How a direct handler answers: the response message, or the status to end the call with."""
+
+Direct = Callable[[Any, CallContext, Reply], Callable[[], None] | None]
+"""A handler that answers through ``reply`` (at once or later, exactly once) instead of a
+coroutine; it returns what to call if the client leaves first, or None once it has answered."""
+
+
 @dataclass(frozen=True)
 class Method:
-    """One unary method: how to read its request and the handler that answers it."""
+    """One unary method: how to read its request and the handler that answers it.
+
+    With ``direct`` the connection calls that instead of running ``handler`` as a task: the
+    answer is queued in the same turn that settles it. For ModelInfer, the hot path, that
+    saved 35-95 us of gateway CPU per call at 1 user on the 2-vCPU VM; ``handler`` still
+    serves the grpcio front.
+    """
 
     parse: Callable[[bytes], Any]
     handler: Callable[[Any, CallContext], Awaitable[Any]]
     refuse: str = ""  # answered UNIMPLEMENTED with this message as soon as the call starts
+    direct: Direct | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +139,9 @@ def read_message(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     return message
 
 
-def unary_methods(service: Any, servicer: Any) -> dict[str, Method]:
-    """Every method of a protobuf service, bound to the servicer's coroutine of that name.
+def unary_methods(service: Any, servicer: Any, direct: dict[str, Direct] | None = None) -> dict[str, Method]:
+    """Every method of a protobuf service, bound to the servicer's coroutine of that name
+    (and to ``direct[name]`` where given).
 
     Streaming methods are refused: this front serves unary calls only.
     """
@@ -138,6 +154,9 @@ def unary_methods(service: Any, servicer: Any) -> dict[str, Method]:
         if descriptor.client_streaming or descriptor.server_streaming:
             refuse = f"batchgate does not implement the streaming method {descriptor.name}"
         methods[f"/{service.full_name}/{descriptor.name}"] = Method(
-            request_class.FromString, getattr(servicer, descriptor.name), refuse
+            request_class.FromString,
+            getattr(servicer, descriptor.name),
+            refuse,
+            None if refuse else (direct or {}).get(descriptor.name),
         )
     return methods

@@ -1,9 +1,9 @@
 """One client connection of the gateway's HTTP/2 gRPC front (see :mod:`gateway.grpc_api.h2server`).
 
-Frames in, each call dispatched as a task on the event loop, answers out: flow control in
-both directions, header blocks through ``hpack``, the connection's and its calls' time
-limits (checked by the server's sweep), and a stream reset or a lost connection
-cancelling its calls.
+Frames in, each complete request handed to its call (:mod:`gateway.grpc_api.h2dispatch`:
+a task, or ModelInfer's direct handler), answers out: flow control in both directions,
+header blocks through ``hpack``, the connection's and its calls' time limits (checked by
+the server's sweep), and a stream reset or a lost connection cancelling its calls.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, cast
 import hpack
 
 from gateway.grpc_api import h2wire as wire
-from gateway.grpc_api.h2calls import ENCODINGS, Abort, CallContext, Method, read_message, request_head
+from gateway.grpc_api.h2calls import ENCODINGS, request_head
+from gateway.grpc_api.h2dispatch import CallsMixin
 from gateway.grpc_api.h2send import Outbox, Stream
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ log = logging.getLogger("batchgate.grpc")
 logging.getLogger("hpack").setLevel(logging.WARNING)
 
 
-class H2Connection(asyncio.Protocol):
-    """One client connection: frames in, calls dispatched as tasks, answers out."""
+class H2Connection(CallsMixin, asyncio.Protocol):
+    """One client connection: frames in, calls dispatched (as tasks, or direct), answers out."""
 
     def __init__(self, server: H2Server) -> None:
         self.server = server
@@ -364,64 +365,3 @@ class H2Connection(asyncio.Protocol):
         if stream is not None and not self.outbox.widen_stream(stream, increment):
             self.outbox.add(wire.RST_STREAM, 0, stream_id, struct.pack(">I", wire.FLOW_CONTROL_ERROR))
             self._drop(stream, cancel=True)
-
-    # -- calls ------------------------------------------------------------------------------
-    def _request_complete(self, stream: Stream) -> None:
-        stream.remote_closed = True
-        method = stream.method
-        if method is None or stream.task is not None:
-            return
-        body = stream.body
-        stream.body = bytearray()
-        try:
-            message = read_message(body, stream.encoding, self.server.max_message_bytes)
-        except Abort as abort:
-            self._send_status(stream, abort.code, abort.message, headers=True)
-            return
-        stream.task = asyncio.get_running_loop().create_task(self._call(stream, method, message))
-
-    async def _call(self, stream: Stream, method: Method, message: bytes) -> None:
-        try:
-            try:
-                request = method.parse(message)
-            except Exception as exc:  # protobuf's DecodeError and friends
-                raise Abort(13, f"cannot parse the request message: {exc}") from None
-            response = await method.handler(request, CallContext(stream.metadata, self.peer, stream.deadline))
-            payload = response.SerializeToString()
-            if len(payload) > self.server.max_message_bytes:
-                raise Abort(8, f"response larger than the {self.server.max_message_bytes} byte limit")
-        except Abort as abort:
-            self._send_status(stream, abort.code, abort.message, headers=True, metadata=abort.metadata)
-            self.flush_soon()
-            return
-        except asyncio.CancelledError:
-            return  # the client reset the stream or went away: nobody to answer
-        except Exception:
-            log.exception("gRPC call on stream %d failed", stream.id)
-            self._send_status(stream, 2, "internal error in the gateway", headers=True)
-            self.flush_soon()
-            return
-        self._answer(stream, struct.pack(">BI", 0, len(payload)) + payload)
-        self.flush_soon()
-
-    # -- frames out -------------------------------------------------------------------------
-    def _answer(self, stream: Stream, data: bytes) -> None:
-        if not self.closed and stream.id in self.streams:
-            self.outbox.answer(stream, data)
-
-    def _send_status(
-        self, stream: Stream, code: int, message: str, headers: bool, metadata: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        if self.closed or stream.id not in self.streams:
-            return
-        self.outbox.block(stream, wire.status_block(code, message, metadata, headers), end=True)
-
-    def _drop(self, stream: Stream, cancel: bool) -> None:
-        if self.streams.pop(stream.id, None) is None:
-            return
-        self.outbox.forget(stream)
-        self.last_call = time.monotonic()
-        if stream.method is not None:
-            self.server.calls -= 1
-        if cancel and stream.task is not None and not stream.task.done():
-            stream.task.cancel()

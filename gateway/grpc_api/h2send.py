@@ -26,7 +26,8 @@ class Stream:
     deadline: float | None = None
     encoding: str = "identity"
     body: bytearray = field(default_factory=bytearray)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Future[None] | None = None  # the call in flight: a task, or a direct call's future
+    leave: Callable[[], None] | None = None  # a direct call's hook for a client that leaves first
     remote_closed: bool = False
     pending: bytes = b""  # response DATA not yet allowed by the flow-control windows; then OK trailers
     opened: float = 0.0  # time.monotonic() of its HEADERS: the request must follow within body_timeout_s

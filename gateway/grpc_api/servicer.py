@@ -18,11 +18,13 @@ from gateway.auth import Authenticator
 from gateway.codec import DecodeLimits, v2grpc
 from gateway.config import GRPCConfig, LimitsConfig, TLSConfig
 from gateway.dataplane import DataPlane
-from gateway.errors import BatchgateError
-from gateway.grpc_api.h2calls import unary_methods
+from gateway.errors import BatchgateError, Unavailable
+from gateway.grpc_api.h2calls import Abort, CallContext, Reply, unary_methods
 from gateway.grpc_api.h2server import H2Server, server_ssl_context
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
+from gateway.router import Ticket
+from gateway.types import InferRequest
 
 log = logging.getLogger("batchgate.grpc")
 T = TypeVar("T")
@@ -48,11 +50,19 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Coroutine
         raise  # abort raises; this line only satisfies the type checker
 
 
+def _trailer(exc: BatchgateError) -> tuple[tuple[str, str], ...]:
+    if exc.retry_after_s is None:
+        return ()
+    return (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BatchgateError) -> None:
-    trailer: tuple[tuple[str, str], ...] = ()
-    if exc.retry_after_s is not None:
-        trailer = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
-    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailer)
+    await context.abort(exc.grpc_code, exc.message, trailing_metadata=_trailer(exc))
+
+
+def _status(exc: BatchgateError) -> Abort:
+    """``exc`` as the status a direct call ends with (what ``_abort`` raises on the task path)."""
+    return Abort(int(exc.grpc_code.value[0]), exc.message, _trailer(exc))
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
@@ -83,7 +93,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         self.limiter = limiter if limiter is not None and limiter.enabled else None
 
     def check(
-        self, context: grpc.aio.ServicerContext, model: str = "", admin: bool = False, public: str = ""
+        self, context: grpc.aio.ServicerContext | CallContext, model: str = "", admin: bool = False, public: str = ""
     ) -> str | None:
         """The token's name (None when auth is off or the call is public); raises 401/403 equivalents."""
         if self.auth is None or (public and public in self.auth.public_paths):
@@ -175,6 +185,31 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
 
         return await _guard(context, call)
 
+    def _infer_request(
+        self, request: Any, context: grpc.aio.ServicerContext | CallContext
+    ) -> tuple[InferRequest, float | None, Callable[[], None] | None]:
+        """Authorize, take the client's place under its limits, decode: the request, its time
+        limit in ms (the call's deadline unless the request sets its own), and the place to
+        give back (None without per-client limits). Raises BatchgateError, holding nothing."""
+        principal = self.check(context, model=request.model_name)
+        metadata = dict(context.invocation_metadata() or ())
+        peer = context.peer().rsplit(":", 1)[0]
+        client_id = metadata.get("x-client-id")
+        release = None
+        if self.limiter is not None:
+            key = client_key(self.limits.per_client.key, principal, str(client_id or ""), peer)
+            release = self.limiter.acquire(key)
+        try:
+            infer_request = v2grpc.decode_request(request, self.decode_limits)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        infer_request.client = str(client_id or peer)
+        remaining = context.time_remaining()
+        timeout_ms = remaining * 1000 if remaining is not None and not infer_request.timeout_us else None
+        return infer_request, timeout_ms, release
+
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         model, version = request.model_name, request.model_version
@@ -183,17 +218,7 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         gauge.inc()
         release = None
         try:
-            principal = self.check(context, model=model)
-            metadata = dict(context.invocation_metadata() or ())
-            peer = context.peer().rsplit(":", 1)[0]
-            client_id = metadata.get("x-client-id")
-            if self.limiter is not None:
-                key = client_key(self.limits.per_client.key, principal, str(client_id or ""), peer)
-                release = self.limiter.acquire(key)
-            infer_request = v2grpc.decode_request(request, self.decode_limits)
-            infer_request.client = str(client_id or peer)
-            remaining = context.time_remaining()
-            timeout_ms = remaining * 1000 if remaining is not None and not infer_request.timeout_us else None
+            infer_request, timeout_ms, release = self._infer_request(request, context)
             try:
                 # Cancellation (client gone or deadline passed) abandons the request inside infer.
                 response = await self.router.infer(infer_request, timeout_ms)
@@ -211,6 +236,64 @@ class GRPCFront(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
                 release()
             gauge.dec()
             self.router.record(model, version, code, time.perf_counter() - started)
+
+    def model_infer_now(self, request: Any, context: CallContext, reply: Reply) -> Callable[[], None] | None:
+        """ModelInfer for the gateway's own HTTP/2 front, without a task: the same checks,
+        admission, errors and accounting as :meth:`ModelInfer`, the answer handed to ``reply``
+        from the listener that settles the request. Returns what to call if the client leaves."""
+        started = time.perf_counter()
+        model, version = request.model_name, request.model_version
+        gauge = self.router.inflight_gauge(model)
+        gauge.inc()
+        release = None
+
+        def finish(code: int, served_version: str) -> None:
+            if release is not None:
+                release()
+            gauge.dec()
+            self.router.record(model, served_version, code, time.perf_counter() - started)
+
+        try:
+            infer_request, timeout_ms, release = self._infer_request(request, context)
+            ticket = self.router.admit(infer_request, timeout_ms)
+        except BatchgateError as exc:
+            reply(None, _status(exc))
+            finish(exc.http_status, version)
+            return None
+        except Exception:
+            finish(500, version)
+            raise
+
+        left = False
+
+        def answered(ticket: Ticket) -> None:
+            if left:
+                return  # leave() has counted it
+            try:
+                if ticket.future.cancelled():  # only abandon() cancels a ticket today; still, answer
+                    raise Unavailable("the request was cancelled inside the gateway; retry")
+                response = self.router.response(ticket)
+                encoded = v2grpc.encode_response(response)
+            except BatchgateError as exc:
+                reply(None, _status(exc))
+                finish(exc.http_status, version)
+                return
+            except Exception:
+                log.exception("answering ModelInfer for %s failed", model)
+                reply(None, Abort(2, "internal error in the gateway"))
+                finish(500, version)
+                return
+            reply(encoded, None)  # the answer first, the accounting after it
+            finish(200, response.version if response.model == model else version)
+
+        def leave() -> None:
+            nonlocal left
+            left = True
+            self.router.abandon(ticket)
+            finish(499, version)
+
+        ticket.when_done(answered)
+        return leave
 
     async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(
@@ -250,7 +333,7 @@ async def build_server(
         context = server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     server = H2Server(
-        unary_methods(service, front),
+        unary_methods(service, front, direct={"ModelInfer": front.model_infer_now}),
         config.max_message_bytes,
         front.limits.max_grpc_rpcs,
         context,

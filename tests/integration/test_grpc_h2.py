@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string, request_block
 from gateway.grpc_api import h2wire
-from gateway.grpc_api.h2calls import CallContext, unary_methods
+from gateway.grpc_api.h2calls import CallContext, Reply, unary_methods
 from gateway.grpc_api.h2server import H2Server
 from gateway.grpc_api.h2wire import (
     CONNECTION_GRANT,
@@ -150,6 +150,18 @@ class Servicer:
         response.raw_output_contents.append(b"".join(request.raw_input_contents) * int(request.id or 1))
         return response
 
+    def infer_now(self, request: Any, context: CallContext, reply: Reply) -> Callable[[], None] | None:
+        """The same ModelInfer as a direct handler: "hold" answers only when left alone, "boom" raises."""
+        if request.model_name == "boom":
+            raise RuntimeError("a bug in the handler")
+        if request.model_name == "hold":
+            self.started.set()
+            return self.cancelled.set
+        response = service_pb2.ModelInferResponse(model_name=request.model_name)
+        response.raw_output_contents.append(b"".join(request.raw_input_contents) * int(request.id or 1))
+        asyncio.get_running_loop().call_soon(reply, response, None)  # answered later, as a batch would
+        return self.cancelled.set
+
     def __getattr__(self, name: str) -> Any:
         async def unimplemented(request: Any, context: CallContext) -> Any:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, name)
@@ -160,13 +172,15 @@ class Servicer:
 class Loop:
     """The server on its own event loop in a thread, so the test can use blocking sockets."""
 
-    def __init__(self, max_message_bytes: int = 1 << 20, max_calls: int = 16, **options: Any) -> None:
+    def __init__(
+        self, max_message_bytes: int = 1 << 20, max_calls: int = 16, direct: bool = False, **options: Any
+    ) -> None:
         self.servicer = Servicer()
         self.peers: list[Peer] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        methods = unary_methods(SERVICE, self.servicer)
+        methods = unary_methods(SERVICE, self.servicer, {"ModelInfer": self.servicer.infer_now} if direct else None)
         self.server = H2Server(methods, max_message_bytes, max_calls, None, **options)
         self.port = self.run(self.server.start("127.0.0.1", 0))
 
@@ -290,6 +304,32 @@ def test_the_connection_window_is_given_back_only_once_half_used(server: Loop, m
     assert peer.answer(7)[0] == 0
     # Past the (lowered) mark, everything used so far comes back in one update.
     assert len(peer.grants) == 2 and sent < peer.grants[1] <= sent + len(body)
+
+
+def test_a_direct_call_answers_is_cancelled_and_fails_like_a_task() -> None:
+    """ModelInfer's direct handler (no task): its answers, a reset while it waits, a handler
+    that raises, and an answer over the message limit, each ending its stream as a task would."""
+    running = Loop(max_message_bytes=4096, direct=True)
+    try:
+        peer = running.peer()
+        peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ab", repeat=3)))
+        status, data = peer.answer(1)
+        assert status == 0 and service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"ababab"]
+        peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("hold", b"")))
+        assert running.servicer.started.wait(10)
+        assert not running.servicer.cancelled.is_set()
+        peer.send(frame(RST_STREAM, 0, 3, struct.pack(">I", 8)))
+        assert running.servicer.cancelled.wait(10)  # the handler's leave hook ran
+        peer.send(headers(5) + frame(DATA, END_STREAM, 5, call("boom", b"")))
+        assert peer.answer(5)[0] == 2  # INTERNAL, and the connection still serves
+        peer.send(headers(7) + frame(DATA, END_STREAM, 7, call("echo", b"z" * 3000, repeat=2)))
+        assert peer.answer(7)[0] == 8  # the 6,000-byte answer is over the 4,096-byte limit
+        peer.send(headers(9) + frame(DATA, END_STREAM, 9, b"\x00\x00\x00\x00\x03abc"))
+        assert peer.answer(9)[0] == 13  # not a ModelInferRequest
+        peer.send(headers(11) + frame(DATA, END_STREAM, 11, call("echo", b"ok")))
+        assert peer.answer(11)[0] == 0
+    finally:
+        running.close()
 
 
 def test_reset_stream_cancels_the_call(server: Loop) -> None:

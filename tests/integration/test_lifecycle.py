@@ -218,6 +218,42 @@ def test_grpc_deadline_shorter_than_the_queue_wait_costs_no_compute(slow_worker_
     assert gateway.metric("batchgate_batch_size_sum", {"model": "digits_mlp"}) == rows_before + 1
 
 
+def test_a_cancelled_grpc_call_leaves_the_queue_and_counts_as_499(slow_worker_gateway: GatewayProcess) -> None:
+    """The gateway's own HTTP/2 front answers ModelInfer without a task: a stream the client
+    resets must still take its request out of the queue, free the in-flight gauge, and be
+    counted once, as 499, without reaching the worker."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    gateway = slow_worker_gateway
+    labels = {"model": "digits_mlp"}
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    executions = int(client.get_inference_statistics("digits_mlp", as_json=True)["model_stats"][0]["execution_count"])
+    rows_before = gateway.metric("batchgate_batch_size_sum", labels)
+    cancelled_before = gateway.metric("batchgate_requests_total", {**labels, "code": "499"})
+    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 64), dtype=np.float32))
+    done: list[object] = []
+    client.async_infer("digits_mlp", [tensor], callback=lambda result, error: done.append(error or result))
+    _wait_for(lambda: gateway.metric("batchgate_batch_size_sum", labels) == rows_before + 1)  # the worker is busy
+    request = service_pb2.ModelInferRequest(model_name="digits_mlp")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.ones((1, 64), dtype=np.float32).tobytes())
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(request)
+        _wait_for(lambda: gateway.metric("batchgate_queue_depth", labels) == 1)
+        assert call.cancel()
+        _wait_for(lambda: gateway.metric("batchgate_queue_depth", labels) == 0)
+        _wait_for(lambda: gateway.metric("batchgate_requests_total", {**labels, "code": "499"}) == cancelled_before + 1)
+    _wait_for(lambda: len(done) == 1)
+    assert not isinstance(done[0], Exception), done[0]
+    _wait_for(lambda: gateway.metric("batchgate_inflight_requests", labels) == 0)
+    stats = client.get_inference_statistics("digits_mlp", as_json=True)["model_stats"][0]
+    assert int(stats["execution_count"]) == executions + 1  # the cancelled request never reached the worker
+    assert gateway.metric("batchgate_requests_total", {**labels, "code": "499"}) == cancelled_before + 1
+
+
 def test_one_worker_takes_a_second_batch_while_the_first_computes(tmp_path: Path, demo_repository: Path) -> None:
     """``concurrent_runs: 2`` on one replica: a single worker process, told to run two batches at
     once, and the gateway hands it the second while the first is still inside (a 400 ms fault
