@@ -35,12 +35,17 @@ def _options(parser: Any) -> None:
 _samples: list[float] = []
 
 
-@events.request.add_listener  # type: ignore[untyped-decorator]
 def _record(response_time: float, exception: BaseException | None, context: Any, **_: Any) -> None:
     # locust keeps times under 100 ms rounded to whole milliseconds; a one-user run
     # near 1 ms needs the exact values to be compared with anything.
     if exception is None:
         _samples.append(response_time)
+
+
+@events.init.add_listener  # type: ignore[untyped-decorator]
+def _listen(environment: Any, **_: Any) -> None:
+    if getattr(environment.parsed_options, "samples_out", ""):  # only runs that ask keep every time
+        environment.events.request.add_listener(_record)
 
 
 @events.quitting.add_listener  # type: ignore[untyped-decorator]

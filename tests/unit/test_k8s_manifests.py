@@ -212,15 +212,20 @@ def test_dockerfile_passes_hadolint_and_installs_what_make_installs() -> None:
     assert "ARG VARIANT=cpu" in dockerfile and "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
 
 
-def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
-    """Prometheus's own checker parses every expression and template (promtool comes with
-    Debian's prometheus package, which make test installs)."""
+def _promtool_and_rules() -> tuple[str, dict[str, Any]]:
+    """promtool (Debian's prometheus package, which make test installs) and the PrometheusRule."""
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing: make test installs Debian's prometheus package")
         pytest.skip("promtool not installed (make test installs it)")
-    rule = yaml.safe_load((K8S / "monitoring" / "prometheusrule.yaml").read_text())
+    return promtool, yaml.safe_load((K8S / "monitoring" / "prometheusrule.yaml").read_text())
+
+
+def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
+    """Prometheus's own checker parses every expression and template (promtool comes with
+    Debian's prometheus package, which make test installs)."""
+    promtool, rule = _promtool_and_rules()
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -229,12 +234,7 @@ def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
 
 def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> None:
     """promtool's rule tests: 900 of a 1024 cap fires, 900 of a raised 4096 cap does not."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: make test installs Debian's prometheus package")
-        pytest.skip("promtool not installed (make test installs it)")
-    rule = yaml.safe_load((K8S / "monitoring" / "prometheusrule.yaml").read_text())
+    promtool, rule = _promtool_and_rules()
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     series = [
         ("batchgate_open_connections", "a", "900+0x20"),
