@@ -3,46 +3,39 @@
 Two halves. tritonclient against the real gateway covers what its C-core client does:
 compressed requests, messages larger than HTTP/2's default 64 KiB windows, the streaming
 method it refuses, and ``grpc.server: grpcio`` still serving. Raw HTTP/2 frames over a
-loopback socket against the server with a small test servicer cover what tritonclient
-never does: a peer window too small for the answer, a reset stream, the call limit,
-non-gRPC requests, a bad preface, oversized messages, split header blocks and padding,
-and what a client may make the server hold: stalled requests, idle connections, answers
-it never reads.
+loopback socket against the server with a small test servicer (tests/integration/h2peer.py)
+cover what tritonclient never does: a peer window too small for the answer, a reset
+stream, the call limit, oversized messages, and what a client may make the server hold:
+stalled requests, idle connections, answers it never reads. Header blocks have their own
+file, test_grpc_h2_headers.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import select
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.h2grpc import grpc_status, hpack_int, hpack_string, request_block
+from benchmarks.h2grpc import grpc_status
 from gateway.grpc_api import h2wire
-from gateway.grpc_api.h2calls import CallContext, Reply, unary_methods
-from gateway.grpc_api.h2server import H2Server
 from gateway.grpc_api.h2wire import (
     CONNECTION_GRANT,
-    CONTINUATION,
     DATA,
-    END_HEADERS,
     END_STREAM,
     GOAWAY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     NO_ERROR,
-    PADDED,
     PING,
     PREFACE,
     RST_STREAM,
@@ -51,10 +44,7 @@ from gateway.grpc_api.h2wire import (
     frame,
 )
 from tests.helpers import GatewayProcess, identity_model, write_model
-
-INFER = "/inference.GRPCInferenceService/ModelInfer"
-SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-
+from tests.integration.h2peer import Loop, call, headers, until_end
 
 # -- tritonclient against the real gateway -------------------------------------------------
 WIDE = 16_384  # FP32 per row: 64 KiB, HTTP/2's whole default window, in one row
@@ -126,81 +116,6 @@ def test_streaming_infer_is_refused(gateway: GatewayProcess) -> None:
 
 
 # -- raw frames against the server ---------------------------------------------------------
-class Servicer:
-    """ModelInfer echoes the request's raw contents back ``repeat`` times; "hold" waits until released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.started = threading.Event()
-        self.cancelled = threading.Event()
-        self.metadata: dict[str, str] = {}
-
-    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
-        self.metadata = dict(context.invocation_metadata())
-        if request.model_name == "hold":
-            self.started.set()
-            try:
-                await self.release.wait()
-            except asyncio.CancelledError:
-                self.cancelled.set()
-                raise
-        if request.model_name == "fail":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such model 50%")
-        response = service_pb2.ModelInferResponse(model_name=request.model_name)
-        response.raw_output_contents.append(b"".join(request.raw_input_contents) * int(request.id or 1))
-        return response
-
-    def infer_now(self, request: Any, context: CallContext, reply: Reply) -> Callable[[], None] | None:
-        """The same ModelInfer as a direct handler: "hold" answers only when left alone, "boom" raises."""
-        if request.model_name == "boom":
-            raise RuntimeError("a bug in the handler")
-        if request.model_name == "hold":
-            self.started.set()
-            return self.cancelled.set
-        response = service_pb2.ModelInferResponse(model_name=request.model_name)
-        response.raw_output_contents.append(b"".join(request.raw_input_contents) * int(request.id or 1))
-        asyncio.get_running_loop().call_soon(reply, response, None)  # answered later, as a batch would
-        return self.cancelled.set
-
-    def __getattr__(self, name: str) -> Any:
-        async def unimplemented(request: Any, context: CallContext) -> Any:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, name)
-
-        return unimplemented
-
-
-class Loop:
-    """The server on its own event loop in a thread, so the test can use blocking sockets."""
-
-    def __init__(
-        self, max_message_bytes: int = 1 << 20, max_calls: int = 16, direct: bool = False, **options: Any
-    ) -> None:
-        self.servicer = Servicer()
-        self.peers: list[Peer] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        methods = unary_methods(SERVICE, self.servicer, {"ModelInfer": self.servicer.infer_now} if direct else None)
-        self.server = H2Server(methods, max_message_bytes, max_calls, None, **options)
-        self.port = self.run(self.server.start("127.0.0.1", 0))
-
-    def run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    def peer(self, window: int = 1 << 20, preface: bytes = PREFACE) -> Peer:
-        peer = Peer(self.port, window, preface)
-        self.peers.append(peer)
-        return peer
-
-    def close(self) -> None:
-        for peer in self.peers:
-            peer.sock.close()
-        self.run(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
 def server() -> Iterator[Loop]:
     running = Loop()
@@ -208,66 +123,6 @@ def server() -> Iterator[Loop]:
         yield running
     finally:
         running.close()
-
-
-class Peer:
-    """A blocking HTTP/2 client that writes frames as told and reads frames one at a time."""
-
-    def __init__(self, port: int, window: int = 1 << 20, preface: bytes = PREFACE) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        settings = struct.pack(">HI", INITIAL_WINDOW_SIZE, window)
-        self.sock.sendall(preface + frame(SETTINGS, 0, 0, settings))
-        self.buffer = b""
-        self.grants: list[int] = []  # the server's WINDOW_UPDATEs for the whole connection
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read(self) -> tuple[int, int, int, bytes] | None:
-        """The next frame other than SETTINGS and WINDOW_UPDATE on stream 0; None when closed."""
-        while True:
-            while len(self.buffer) < 9 or len(self.buffer) < 9 + int.from_bytes(self.buffer[:3], "big"):
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return None
-                self.buffer += chunk
-            length = int.from_bytes(self.buffer[:3], "big")
-            kind, flags = self.buffer[3], self.buffer[4]
-            stream = int.from_bytes(self.buffer[5:9], "big")
-            payload, self.buffer = self.buffer[9 : 9 + length], self.buffer[9 + length :]
-            if kind == WINDOW_UPDATE and stream == 0:
-                self.grants.append(int.from_bytes(payload, "big"))
-                continue
-            if kind == SETTINGS:
-                continue
-            return kind, flags, stream, payload
-
-    def answer(self, stream: int) -> tuple[int | None, bytes]:
-        """Read to the end of ``stream``: its grpc-status (None if reset) and the DATA bytes."""
-        data = b""
-        while True:
-            got = self.read()
-            assert got is not None, "connection closed before the answer ended"
-            kind, flags, on, payload = got
-            if on != stream:
-                continue
-            if kind == DATA:
-                data += payload
-            elif kind == RST_STREAM:
-                return None, data
-            elif kind == HEADERS and flags & END_STREAM:
-                return grpc_status(payload), data
-
-
-def call(model: str, contents: bytes, repeat: int = 1) -> bytes:
-    message = service_pb2.ModelInferRequest(model_name=model, id=str(repeat))
-    message.raw_input_contents.append(contents)
-    body = message.SerializeToString()
-    return struct.pack(">BI", 0, len(body)) + body
-
-
-def headers(stream: int, path: str = INFER, end: bool = False) -> bytes:
-    return frame(HEADERS, END_HEADERS | (END_STREAM if end else 0), stream, request_block("127.0.0.1", path))
 
 
 def test_answer_waits_for_the_peers_window(server: Loop) -> None:
@@ -358,63 +213,12 @@ def test_call_limit_and_errors() -> None:
         peer.send(headers(7, path="/inference.GRPCInferenceService/Nope") + frame(DATA, END_STREAM, 7, call("x", b"")))
         assert peer.answer(7)[0] == 12
         peer.send(headers(9) + frame(DATA, END_STREAM, 9, call("fail", b"")))
-        block = _until_end(peer, 9)[3]
+        block = until_end(peer, 9)[3]
         assert grpc_status(block) == 5 and b"no such model 50%25" in block
         peer.send(headers(11) + frame(DATA, END_STREAM, 11, b"\x00\x00\x00\x00\x09abc"))  # length prefix lies
         assert peer.answer(11)[0] == 13
     finally:
         running.close()
-
-
-def _until_end(peer: Peer, stream: int) -> tuple[int, int, int, bytes]:
-    while True:
-        got = peer.read()
-        assert got is not None
-        if got[2] == stream and got[0] == HEADERS and got[1] & END_STREAM:
-            return got
-
-
-def test_not_grpc_gets_415(server: Loop) -> None:
-    peer = server.peer()
-    block = b"\x82\x86" + hpack_int(4, 4, 0) + hpack_string(INFER.encode())  # GET, no content-type
-    peer.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
-    payload = _until_end(peer, 1)[3]
-    assert payload[0] == 0x08 and payload[2:5] == b"415"
-
-
-def test_bad_preface_gets_goaway(server: Loop) -> None:
-    peer = server.peer(preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    got = peer.read()
-    assert got is not None and got[0] == GOAWAY
-    assert peer.read() is None
-
-
-def test_split_header_block_padding_and_metadata(server: Loop) -> None:
-    peer = server.peer()
-    block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-client-id") + hpack_string(b"abc")
-    message = call("echo", b"zz")
-    peer.send(
-        frame(HEADERS, 0, 1, block[:5])
-        + frame(CONTINUATION, 0, 1, block[5:9])
-        + frame(CONTINUATION, END_HEADERS, 1, block[9:])
-        + frame(DATA, PADDED, 1, bytes((4,)) + message[:3] + b"\0" * 4)  # 4 bytes of padding
-        + frame(DATA, END_STREAM, 1, message[3:])
-    )
-    status, data = peer.answer(1)
-    assert status == 0
-    assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"zz"]
-    assert server.servicer.metadata.get("x-client-id") == "abc"
-
-
-def test_undecodable_header_closes_only_that_connection(server: Loop) -> None:
-    peer = server.peer()
-    block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-bad") + hpack_string(b"\xff\xfe")
-    peer.send(frame(HEADERS, END_HEADERS, 1, block))
-    got = peer.read()
-    assert got is not None and got[0] == GOAWAY
-    other = server.peer()  # the listener still serves
-    other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
-    assert other.answer(1)[0] == 0
 
 
 def test_connection_window_and_a_grown_initial_window_release_answers(server: Loop) -> None:
