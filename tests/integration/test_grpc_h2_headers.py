@@ -13,7 +13,7 @@ from tritonclient.grpc import service_pb2
 
 from benchmarks.h2grpc import hpack_int, hpack_string, request_block
 from gateway.grpc_api.h2wire import CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, frame
-from tests.integration.h2peer import INFER, Loop, call, headers, until_end
+from tests.integration.h2peer import INFER, Loop, Peer, call, headers, until_end
 
 
 @pytest.fixture
@@ -66,3 +66,32 @@ def test_undecodable_header_closes_only_that_connection(server: Loop) -> None:
     other = server.peer()  # the listener still serves
     other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
     assert other.answer(1)[0] == 0
+
+
+def _client_of(server: Loop, peer: Peer, stream: int, block: bytes) -> str:
+    """Make a call with this header block: the x-client-id the servicer saw ("" for none)."""
+    server.servicer.metadata = {}
+    peer.send(frame(HEADERS, END_HEADERS, stream, block) + frame(DATA, END_STREAM, stream, call("echo", b"x")))
+    assert peer.answer(stream)[0] == 0
+    return server.servicer.metadata.get("x-client-id", "")
+
+
+def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(server: Loop) -> None:
+    """The connection keeps the fields of the last block and skips decoding the same bytes again
+    (hpack costs 50-60 us a block), but only a block that left the table as it was. A block
+    that adds an entry must be decoded every time: skipped, the table would fall out of step
+    with the client's, and a later reference would name the wrong field."""
+    peer = server.peer()
+    base = request_block("127.0.0.1", INFER)
+
+    def joining(value: bytes) -> bytes:  # a literal field that joins the table as entry 62
+        return b"\x40" + hpack_string(b"x-client-id") + hpack_string(value)
+
+    room_for_two = hpack_int(90, 5, 0x20)  # each entry takes 32 + 11 + 2 = 45 bytes of the table
+    assert _client_of(server, peer, 1, room_for_two + base + joining(b"aa")) == "aa"
+    assert _client_of(server, peer, 3, base + joining(b"bb")) == "bb"  # table: bb, aa
+    assert _client_of(server, peer, 5, base + b"\xbe") == "bb"  # entry 62; the table stays
+    assert _client_of(server, peer, 7, base + b"\xbe") == "bb"  # the same bytes: kept, not decoded
+    assert _client_of(server, peer, 9, base + joining(b"vv")) == "vv"  # table: vv, bb
+    assert _client_of(server, peer, 11, base + joining(b"vv")) == "vv"  # the same bytes again; table: vv, vv
+    assert _client_of(server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
