@@ -164,7 +164,8 @@ def test_the_connection_window_is_given_back_only_once_half_used(server: Loop, m
 def test_a_direct_call_answers_is_cancelled_and_fails_like_a_task() -> None:
     """ModelInfer's direct handler (no task): its answers, a reset while it waits, a handler
     that raises, and an answer over the message limit, each ending its stream as a task would."""
-    running = Loop(max_message_bytes=4096, direct=True)
+    # No time limits, so no periodic sweep: its flush would send an answer left unwritten.
+    running = Loop(max_message_bytes=4096, direct=True, header_timeout_s=0, body_timeout_s=0, idle_timeout_s=0)
     try:
         peer = running.peer()
         peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ab", repeat=3)))
@@ -182,7 +183,13 @@ def test_a_direct_call_answers_is_cancelled_and_fails_like_a_task() -> None:
         peer.send(headers(9) + frame(DATA, END_STREAM, 9, b"\x00\x00\x00\x00\x03abc"))
         assert peer.answer(9)[0] == 13  # not a ModelInferRequest
         peer.send(headers(11) + frame(DATA, END_STREAM, 11, call("echo", b"ok")))
-        assert peer.answer(11)[0] == 0
+        assert peer.answer(11)[0] == 0  # a lone call: its answer is written at once
+        running.servicer.started.clear()
+        peer.send(headers(13) + frame(DATA, END_STREAM, 13, call("hold", b"")))
+        assert running.servicer.started.wait(10)
+        peer.send(headers(15) + frame(DATA, END_STREAM, 15, call("echo", b"two")))
+        assert peer.answer(15)[0] == 0  # beside another call: written at the end of the loop turn
+        peer.send(frame(RST_STREAM, 0, 13, struct.pack(">I", 8)))
     finally:
         running.close()
 
