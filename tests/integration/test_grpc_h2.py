@@ -116,17 +116,8 @@ def test_streaming_infer_is_refused(gateway: GatewayProcess) -> None:
 
 
 # -- raw frames against the server ---------------------------------------------------------
-@pytest.fixture
-def server() -> Iterator[Loop]:
-    running = Loop()
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def test_answer_waits_for_the_peers_window(server: Loop) -> None:
-    peer = server.peer(window=1000)
+def test_answer_waits_for_the_peers_window(h2_server: Loop) -> None:
+    peer = h2_server.peer(window=1000)
     peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"x" * 3000)))
     first = b""
     while len(first) < 1000:  # the first 1,000 bytes are all the window allows
@@ -142,9 +133,11 @@ def test_answer_waits_for_the_peers_window(server: Loop) -> None:
     assert reply.raw_output_contents == [b"x" * 3000]
 
 
-def test_the_connection_window_is_given_back_only_once_half_used(server: Loop, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_connection_window_is_given_back_only_once_half_used(
+    h2_server: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A WINDOW_UPDATE after every read cost a send, and woke the client for nothing, per call."""
-    peer = server.peer()
+    peer = h2_server.peer()
     peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 24)))  # room for the echoes
     sent = 0
     for stream in (1, 3, 5):
@@ -194,12 +187,12 @@ def test_a_direct_call_answers_is_cancelled_and_fails_like_a_task() -> None:
         running.close()
 
 
-def test_reset_stream_cancels_the_call(server: Loop) -> None:
-    peer = server.peer()
+def test_reset_stream_cancels_the_call(h2_server: Loop) -> None:
+    peer = h2_server.peer()
     peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("hold", b"")))
-    assert server.servicer.started.wait(10)
+    assert h2_server.servicer.started.wait(10)
     peer.send(frame(RST_STREAM, 0, 1, struct.pack(">I", 8)))
-    assert server.servicer.cancelled.wait(10)
+    assert h2_server.servicer.cancelled.wait(10)
     peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"ok")))  # the connection still serves
     status, data = peer.answer(3)
     assert status == 0 and service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"ok"]
@@ -228,9 +221,9 @@ def test_call_limit_and_errors() -> None:
         running.close()
 
 
-def test_connection_window_and_a_grown_initial_window_release_answers(server: Loop) -> None:
+def test_connection_window_and_a_grown_initial_window_release_answers(h2_server: Loop) -> None:
     """Answers held by the connection window, and by a stream window that SETTINGS later grows."""
-    peer = server.peer()  # stream windows of 1 MiB; the connection window stays at 65,535
+    peer = h2_server.peer()  # stream windows of 1 MiB; the connection window stays at 65,535
     peer.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"a" * 40_000)))
     peer.send(headers(3) + frame(DATA, END_STREAM, 3, call("echo", b"b" * 40_000)))
     received = {1: b"", 3: b""}
@@ -249,7 +242,7 @@ def test_connection_window_and_a_grown_initial_window_release_answers(server: Lo
     for stream, data, byte in ((1, received[1], b"a"), (3, received[3] + rest, b"b")):
         assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [byte * 40_000], stream
 
-    small = server.peer(window=1000)
+    small = h2_server.peer(window=1000)
     small.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20)))
     small.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"c" * 3000)))
     first = b""
@@ -303,7 +296,7 @@ def test_idle_connection_gets_goaway_but_not_while_a_call_runs() -> None:
 
 
 def test_a_client_that_does_not_read_is_not_read_either() -> None:
-    """PINGs from a client that never reads the ACKs: the server stops reading it instead of buffering."""
+    """PINGs from a client that never reads the ACKs: the h2_server stops reading it instead of buffering."""
     running = Loop(write_buffer_bytes=64 * 1024)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -319,10 +312,10 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
                 pending = chunk
             _, writable, _ = select.select([], [sock], [], 1.0)
             if not writable:
-                break  # the server stopped reading
+                break  # the h2_server stopped reading
             sent = sock.send(pending)
             pending, total = pending[sent:], total + sent
-        assert total < limit, "the server kept reading a client that reads nothing"
+        assert total < limit, "the h2_server kept reading a client that reads nothing"
 
         async def buffered() -> int:
             return max(c.transport.get_write_buffer_size() for c in running.server.connections if c.transport)
@@ -354,7 +347,7 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
                     at += 9 + length
 
         reader = threading.Thread(target=drain, daemon=True)
-        reader.start()  # reading again lets the server resume: the rest of the PINGs, then a call
+        reader.start()  # reading again lets the h2_server resume: the rest of the PINGs, then a call
         sock.setblocking(True)
         sock.settimeout(10)
         sock.sendall(pending + headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
@@ -379,14 +372,14 @@ def test_connections_past_the_limit_get_goaway() -> None:
         third.close()
         goaway = refusal[9 + int.from_bytes(refusal[:3], "big") :]  # after our (empty) SETTINGS
         assert goaway[3] == GOAWAY and b"too many open connections" in goaway
-        first.sock.close()  # a place frees up once the server sees it closed
+        first.sock.close()  # a place frees up once the h2_server sees it closed
         for _ in range(100):
             fourth = running.peer()
             try:
                 fourth.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
                 got = fourth.read()
             except ConnectionResetError:
-                continue  # refused while the server had not yet seen the close
+                continue  # refused while the h2_server had not yet seen the close
             assert got is not None
             if got[0] != GOAWAY:
                 break

@@ -6,9 +6,6 @@ keeps for a client that repeats it, which must follow the HPACK dynamic table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from tritonclient.grpc import service_pb2
 
 from benchmarks.h2grpc import hpack_int, hpack_string, request_block
@@ -16,32 +13,23 @@ from gateway.grpc_api.h2wire import CONTINUATION, DATA, END_HEADERS, END_STREAM,
 from tests.integration.h2peer import INFER, Loop, Peer, call, headers, until_end
 
 
-@pytest.fixture
-def server() -> Iterator[Loop]:
-    running = Loop()
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def test_not_grpc_gets_415(server: Loop) -> None:
-    peer = server.peer()
+def test_not_grpc_gets_415(h2_server: Loop) -> None:
+    peer = h2_server.peer()
     block = b"\x82\x86" + hpack_int(4, 4, 0) + hpack_string(INFER.encode())  # GET, no content-type
     peer.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
     payload = until_end(peer, 1)[3]
     assert payload[0] == 0x08 and payload[2:5] == b"415"
 
 
-def test_bad_preface_gets_goaway(server: Loop) -> None:
-    peer = server.peer(preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+def test_bad_preface_gets_goaway(h2_server: Loop) -> None:
+    peer = h2_server.peer(preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     got = peer.read()
     assert got is not None and got[0] == GOAWAY
     assert peer.read() is None
 
 
-def test_split_header_block_padding_and_metadata(server: Loop) -> None:
-    peer = server.peer()
+def test_split_header_block_padding_and_metadata(h2_server: Loop) -> None:
+    peer = h2_server.peer()
     block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-client-id") + hpack_string(b"abc")
     message = call("echo", b"zz")
     peer.send(
@@ -54,44 +42,44 @@ def test_split_header_block_padding_and_metadata(server: Loop) -> None:
     status, data = peer.answer(1)
     assert status == 0
     assert service_pb2.ModelInferResponse.FromString(data[5:]).raw_output_contents == [b"zz"]
-    assert server.servicer.metadata.get("x-client-id") == "abc"
+    assert h2_server.servicer.metadata.get("x-client-id") == "abc"
 
 
-def test_undecodable_header_closes_only_that_connection(server: Loop) -> None:
-    peer = server.peer()
+def test_undecodable_header_closes_only_that_connection(h2_server: Loop) -> None:
+    peer = h2_server.peer()
     block = request_block("127.0.0.1", INFER) + b"\x00" + hpack_string(b"x-bad") + hpack_string(b"\xff\xfe")
     peer.send(frame(HEADERS, END_HEADERS, 1, block))
     got = peer.read()
     assert got is not None and got[0] == GOAWAY
-    other = server.peer()  # the listener still serves
+    other = h2_server.peer()  # the listener still serves
     other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
     assert other.answer(1)[0] == 0
 
 
-def _client_of(server: Loop, peer: Peer, stream: int, block: bytes) -> str:
+def _client_of(h2_server: Loop, peer: Peer, stream: int, block: bytes) -> str:
     """Make a call with this header block: the x-client-id the servicer saw ("" for none)."""
-    server.servicer.metadata = {}
+    h2_server.servicer.metadata = {}
     peer.send(frame(HEADERS, END_HEADERS, stream, block) + frame(DATA, END_STREAM, stream, call("echo", b"x")))
     assert peer.answer(stream)[0] == 0
-    return server.servicer.metadata.get("x-client-id", "")
+    return h2_server.servicer.metadata.get("x-client-id", "")
 
 
-def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(server: Loop) -> None:
+def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(h2_server: Loop) -> None:
     """The connection keeps the fields of the last block and skips decoding the same bytes again
     (hpack costs 50-60 us a block), but only a block that left the table as it was. A block
     that adds an entry must be decoded every time: skipped, the table would fall out of step
     with the client's, and a later reference would name the wrong field."""
-    peer = server.peer()
+    peer = h2_server.peer()
     base = request_block("127.0.0.1", INFER)
 
     def joining(value: bytes) -> bytes:  # a literal field that joins the table as entry 62
         return b"\x40" + hpack_string(b"x-client-id") + hpack_string(value)
 
     room_for_two = hpack_int(90, 5, 0x20)  # each entry takes 32 + 11 + 2 = 45 bytes of the table
-    assert _client_of(server, peer, 1, room_for_two + base + joining(b"aa")) == "aa"
-    assert _client_of(server, peer, 3, base + joining(b"bb")) == "bb"  # table: bb, aa
-    assert _client_of(server, peer, 5, base + b"\xbe") == "bb"  # entry 62; the table stays
-    assert _client_of(server, peer, 7, base + b"\xbe") == "bb"  # the same bytes: kept, not decoded
-    assert _client_of(server, peer, 9, base + joining(b"vv")) == "vv"  # table: vv, bb
-    assert _client_of(server, peer, 11, base + joining(b"vv")) == "vv"  # the same bytes again; table: vv, vv
-    assert _client_of(server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
+    assert _client_of(h2_server, peer, 1, room_for_two + base + joining(b"aa")) == "aa"
+    assert _client_of(h2_server, peer, 3, base + joining(b"bb")) == "bb"  # table: bb, aa
+    assert _client_of(h2_server, peer, 5, base + b"\xbe") == "bb"  # entry 62; the table stays
+    assert _client_of(h2_server, peer, 7, base + b"\xbe") == "bb"  # the same bytes: kept, not decoded
+    assert _client_of(h2_server, peer, 9, base + joining(b"vv")) == "vv"  # table: vv, bb
+    assert _client_of(h2_server, peer, 11, base + joining(b"vv")) == "vv"  # the same bytes again; table: vv, vv
+    assert _client_of(h2_server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
