@@ -286,11 +286,11 @@ class H2Connection(CallsMixin, asyncio.Protocol):
         table = self.decoder.header_table
         entries = table.dynamic_entries
         count, newest, size = len(entries), entries[0] if entries else None, table.maxsize
+        # Forgotten first: a block refused as too large has still changed the table.
+        self.last_block = None
         fields = cast(list[tuple[str, str]], self.decoder.decode(block))
         if len(entries) == count and (entries[0] if entries else None) is newest and table.maxsize == size:
             self.last_block, self.last_fields = block, fields
-        else:
-            self.last_block = None
         return fields
 
     def _begin(self, stream_id: int, fields: list[tuple[str, str]], ended: bool) -> None:

@@ -83,3 +83,21 @@ def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(h2_server
     assert _client_of(h2_server, peer, 9, base + joining(b"vv")) == "vv"  # table: vv, bb
     assert _client_of(h2_server, peer, 11, base + joining(b"vv")) == "vv"  # the same bytes again; table: vv, vv
     assert _client_of(h2_server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
+
+
+def test_a_block_refused_as_too_large_still_moves_the_table(h2_server: Loop) -> None:
+    """Metadata over the 16 KiB limit gets RESOURCE_EXHAUSTED, but its fields joined the table
+    before the decoder saw the size: the kept block must not outlive that."""
+    peer = h2_server.peer()
+    base = request_block("127.0.0.1", INFER)
+    joining = b"\x40" + hpack_string(b"x-client-id")
+    assert _client_of(h2_server, peer, 1, base + joining + hpack_string(b"aa")) == "aa"
+    assert _client_of(h2_server, peer, 3, base + b"\xbe") == "aa"  # kept: the table did not move
+    big = base + joining + hpack_string(b"bb") + b"\x10" + hpack_string(b"x-big") + hpack_int(17_000, 7) + b"x" * 17_000
+    peer.send(
+        frame(HEADERS, 0, 5, big[:16_000])
+        + frame(CONTINUATION, END_HEADERS, 5, big[16_000:])
+        + frame(DATA, END_STREAM, 5, call("echo", b"x"))
+    )
+    assert peer.answer(5)[0] == 8
+    assert _client_of(h2_server, peer, 7, base + b"\xbe") == "bb"  # entry 62 is bb now
