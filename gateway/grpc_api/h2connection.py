@@ -29,6 +29,11 @@ log = logging.getLogger("batchgate.grpc")
 logging.getLogger("hpack").setLevel(logging.WARNING)
 
 
+class MetadataTooLarge(Exception):
+    """A request's decoded header fields exceed ``wire.MAX_HEADER_LIST_SIZE`` (RFC 9113 §6.5.2's 32
+    bytes a field plus its name and value)."""
+
+
 class H2Connection(CallsMixin, asyncio.Protocol):
     """One client connection: frames in, calls dispatched (as tasks, or direct), answers out."""
 
@@ -37,7 +42,7 @@ class H2Connection(CallsMixin, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.preface = False
-        self.decoder = hpack.Decoder(max_header_list_size=wire.MAX_HEADER_LIST_SIZE)
+        self.decoder = hpack.Decoder(max_header_list_size=wire.MAX_DECODED_HEADERS)
         self.last_block: bytes | None = None  # see _decode
         self.last_fields: list[tuple[str, str]] = []
         self.streams: dict[int, Stream] = {}
@@ -254,11 +259,11 @@ class H2Connection(CallsMixin, asyncio.Protocol):
         self.headers_for = None
         try:
             fields = self._decode(bytes(self.header_block))
+        except MetadataTooLarge:
+            self._begin_error(stream, 8, f"request metadata is larger than {wire.MAX_HEADER_LIST_SIZE // 1024} KiB")
+            return
         except (hpack.HPACKError, UnicodeDecodeError) as exc:
-            # A field list over our limit still leaves the decoder in step; anything else does not.
-            if isinstance(exc, hpack.OversizedHeaderListError):
-                self._begin_error(stream, 8, "request metadata is larger than 16 KiB")
-                return
+            # The decoder stopped part-way, out of step with the client's encoder: the connection ends.
             self._fail(wire.COMPRESSION_ERROR, f"header block: {exc}")
             return
         found = self.streams.get(stream)
@@ -289,6 +294,8 @@ class H2Connection(CallsMixin, asyncio.Protocol):
         # Forgotten first: a block refused as too large has still changed the table.
         self.last_block = None
         fields = cast(list[tuple[str, str]], self.decoder.decode(block))
+        if sum(32 + len(name) + len(value) for name, value in fields) > wire.MAX_HEADER_LIST_SIZE:
+            raise MetadataTooLarge  # decoded whole: the table is in step, and only this call is refused
         if len(entries) == count and (entries[0] if entries else None) is newest and table.maxsize == size:
             self.last_block, self.last_fields = block, fields
         return fields

@@ -30,6 +30,10 @@ CONNECTION_GRANT = MAX_WINDOW - DEFAULT_WINDOW  # the connection window, raised 
 CONNECTION_REFILL = CONNECTION_GRANT // 2
 MAX_HEADER_BLOCK = 64 * 1024  # header bytes per request (HEADERS + CONTINUATION) before GOAWAY
 MAX_HEADER_LIST_SIZE = 16 * 1024  # decoded metadata per request (grpcio allows 8 KiB by default)
+# What the HPACK decoder may inflate one block to. Past MAX_HEADER_LIST_SIZE a call is refused,
+# but the block is still decoded whole so the dynamic table stays in step with the client's;
+# past this (a few bytes of references to large entries: an HPACK bomb) the connection ends.
+MAX_DECODED_HEADERS = 1 << 20
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 

@@ -85,19 +85,49 @@ def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(h2_server
     assert _client_of(h2_server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
 
 
+def _send_block(peer: Peer, stream: int, block: bytes) -> None:
+    """A header block over as many frames as the 16 KiB frame size needs, then a call's message."""
+    parts = [block[at : at + 16_000] for at in range(0, len(block), 16_000)]
+    frames = [
+        frame(HEADERS if index == 0 else CONTINUATION, END_HEADERS if index == len(parts) - 1 else 0, stream, part)
+        for index, part in enumerate(parts)
+    ]
+    peer.send(b"".join(frames) + frame(DATA, END_STREAM, stream, call("echo", b"x")))
+
+
+def _big(size: int) -> bytes:
+    """A field that is never indexed, carrying ``size`` bytes."""
+    return b"\x10" + hpack_string(b"x-big") + hpack_int(size, 7) + b"x" * size
+
+
 def test_a_block_refused_as_too_large_still_moves_the_table(h2_server: Loop) -> None:
-    """Metadata over the 16 KiB limit gets RESOURCE_EXHAUSTED, but its fields joined the table
-    before the decoder saw the size: the kept block must not outlive that."""
+    """Metadata over the 16 KiB limit gets RESOURCE_EXHAUSTED, and the connection goes on. The
+    refused block is still decoded whole, so the fields in it that join the table, before or
+    after the large one, join it here too, and a later reference means what the client meant;
+    and a block kept from before does not outlive the change."""
     peer = h2_server.peer()
     base = request_block("127.0.0.1", INFER)
     joining = b"\x40" + hpack_string(b"x-client-id")
     assert _client_of(h2_server, peer, 1, base + joining + hpack_string(b"aa")) == "aa"
     assert _client_of(h2_server, peer, 3, base + b"\xbe") == "aa"  # kept: the table did not move
-    big = base + joining + hpack_string(b"bb") + b"\x10" + hpack_string(b"x-big") + hpack_int(17_000, 7) + b"x" * 17_000
-    peer.send(
-        frame(HEADERS, 0, 5, big[:16_000])
-        + frame(CONTINUATION, END_HEADERS, 5, big[16_000:])
-        + frame(DATA, END_STREAM, 5, call("echo", b"x"))
-    )
+    _send_block(peer, 5, base + joining + hpack_string(b"bb") + _big(17_000))
     assert peer.answer(5)[0] == 8
     assert _client_of(h2_server, peer, 7, base + b"\xbe") == "bb"  # entry 62 is bb now
+    _send_block(peer, 9, base + _big(17_000) + joining + hpack_string(b"cc"))  # the new field after the large one
+    assert peer.answer(9)[0] == 8
+    assert _client_of(h2_server, peer, 11, base + b"\xbe") == "cc"
+
+
+def test_a_block_that_inflates_past_a_mebibyte_ends_the_connection(h2_server: Loop) -> None:
+    """A few hundred one-byte references to a 4,000-byte entry (an HPACK bomb) are not decoded
+    to the end: GOAWAY, and the listener serves the next connection."""
+    peer = h2_server.peer()
+    base = request_block("127.0.0.1", INFER)
+    entry = b"\x40" + hpack_string(b"x-pad") + hpack_int(4_000, 7) + b"p" * 4_000
+    assert _client_of(h2_server, peer, 1, base + entry) == ""
+    peer.send(frame(HEADERS, END_HEADERS, 3, base + b"\xbe" * 300))  # 1.2 MB decoded from 300 bytes
+    got = peer.read()
+    assert got is not None and got[0] == GOAWAY
+    other = h2_server.peer()
+    other.send(headers(1) + frame(DATA, END_STREAM, 1, call("echo", b"ok")))
+    assert other.answer(1)[0] == 0
