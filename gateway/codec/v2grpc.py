@@ -29,17 +29,18 @@ def parameter_value(param: Any) -> Any:
 def decode_request(request: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> InferRequest:
     """Decode a ModelInferRequest; raises :class:`InvalidInput` (or 413 past ``limits``) naming what is wrong."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-    if not request.inputs:
+    tensors = request.inputs  # each access builds a new wrapper (upb): read once
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs")
+    if not tensors:
         raise InvalidInput("request has no inputs")
     inputs = []
     elements = 0
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(tensors):
         name = tensor.name
         if tensor.datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unsupported datatype {tensor.datatype!r}")
-        shape = tuple(int(dim) for dim in tensor.shape)
+        shape = tuple(tensor.shape)  # int64 fields: Python ints already
         if any(dim < 0 for dim in shape):
             raise InvalidInput(f"input '{name}': shape must not have negative dimensions")
         elements = count_elements(elements, shape, name, limits.max_elements)
@@ -53,14 +54,15 @@ def decode_request(request: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> Infer
         except ValueError as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
         inputs.append(InputTensor(name, tensor.datatype, shape, data))
-    params = {key: parameter_value(value) for key, value in request.parameters.items()}
+    params = {key: parameter_value(value) for key, value in request.parameters.items()} if request.parameters else {}
     priority = params.get("priority", 0)
     timeout = params.get("timeout")
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
         raise InvalidInput("parameter 'priority' must be a non-negative integer")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
         raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
-    outputs = [RequestedOutput(out.name) for out in request.outputs] or None
+    wanted = request.outputs
+    outputs = [RequestedOutput(out.name) for out in wanted] if wanted else None
     return InferRequest(
         model=request.model_name,
         version=request.model_version,
