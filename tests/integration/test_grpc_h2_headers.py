@@ -56,33 +56,18 @@ def test_undecodable_header_closes_only_that_connection(h2_server: Loop) -> None
     assert other.answer(1)[0] == 0
 
 
-def _client_of(h2_server: Loop, peer: Peer, stream: int, block: bytes) -> str:
-    """Make a call with this header block: the x-client-id the servicer saw ("" for none)."""
-    h2_server.servicer.metadata = {}
-    peer.send(frame(HEADERS, END_HEADERS, stream, block) + frame(DATA, END_STREAM, stream, call("echo", b"x")))
-    assert peer.answer(stream)[0] == 0
-    return h2_server.servicer.metadata.get("x-client-id", "")
+BASE = request_block("127.0.0.1", INFER)
+NEWEST, SECOND = b"\xbe", b"\xbf"  # references to the table's entries 62 and 63
 
 
-def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(h2_server: Loop) -> None:
-    """The connection keeps the fields of the last block and skips decoding the same bytes again
-    (hpack costs 50-60 us a block), but only a block that left the table as it was. A block
-    that adds an entry must be decoded every time: skipped, the table would fall out of step
-    with the client's, and a later reference would name the wrong field."""
-    peer = h2_server.peer()
-    base = request_block("127.0.0.1", INFER)
+def _joining(name: bytes, value: bytes) -> bytes:
+    """A literal field that joins the dynamic table (as entry 62, pushing the others down)."""
+    return b"\x40" + hpack_string(name) + hpack_int(len(value), 7) + value
 
-    def joining(value: bytes) -> bytes:  # a literal field that joins the table as entry 62
-        return b"\x40" + hpack_string(b"x-client-id") + hpack_string(value)
 
-    room_for_two = hpack_int(90, 5, 0x20)  # each entry takes 32 + 11 + 2 = 45 bytes of the table
-    assert _client_of(h2_server, peer, 1, room_for_two + base + joining(b"aa")) == "aa"
-    assert _client_of(h2_server, peer, 3, base + joining(b"bb")) == "bb"  # table: bb, aa
-    assert _client_of(h2_server, peer, 5, base + b"\xbe") == "bb"  # entry 62; the table stays
-    assert _client_of(h2_server, peer, 7, base + b"\xbe") == "bb"  # the same bytes: kept, not decoded
-    assert _client_of(h2_server, peer, 9, base + joining(b"vv")) == "vv"  # table: vv, bb
-    assert _client_of(h2_server, peer, 11, base + joining(b"vv")) == "vv"  # the same bytes again; table: vv, vv
-    assert _client_of(h2_server, peer, 13, base + b"\xbf") == "vv"  # entry 63: bb had the 11th block been skipped
+def _big(size: int) -> bytes:
+    """A field that is never indexed, carrying ``size`` bytes."""
+    return b"\x10" + hpack_string(b"x-big") + hpack_int(size, 7) + b"x" * size
 
 
 def _send_block(peer: Peer, stream: int, block: bytes) -> None:
@@ -95,9 +80,29 @@ def _send_block(peer: Peer, stream: int, block: bytes) -> None:
     peer.send(b"".join(frames) + frame(DATA, END_STREAM, stream, call("echo", b"x")))
 
 
-def _big(size: int) -> bytes:
-    """A field that is never indexed, carrying ``size`` bytes."""
-    return b"\x10" + hpack_string(b"x-big") + hpack_int(size, 7) + b"x" * size
+def _client_of(h2_server: Loop, peer: Peer, stream: int, block: bytes) -> str:
+    """Make a call with this header block: the x-client-id the servicer saw ("" for none)."""
+    h2_server.servicer.metadata = {}
+    _send_block(peer, stream, block)
+    assert peer.answer(stream)[0] == 0
+    return h2_server.servicer.metadata.get("x-client-id", "")
+
+
+def test_a_repeated_header_block_means_what_the_dynamic_table_says_now(h2_server: Loop) -> None:
+    """The connection keeps the fields of the last block and skips decoding the same bytes again
+    (hpack costs 50-60 us a block), but only a block that left the table as it was. A block
+    that adds an entry must be decoded every time: skipped, the table would fall out of step
+    with the client's, and a later reference would name the wrong field."""
+    peer = h2_server.peer()
+    client = b"x-client-id"
+    room_for_two = hpack_int(90, 5, 0x20)  # each entry takes 32 + 11 + 2 = 45 bytes of the table
+    assert _client_of(h2_server, peer, 1, room_for_two + BASE + _joining(client, b"aa")) == "aa"
+    assert _client_of(h2_server, peer, 3, BASE + _joining(client, b"bb")) == "bb"  # table: bb, aa
+    assert _client_of(h2_server, peer, 5, BASE + NEWEST) == "bb"  # the table stays
+    assert _client_of(h2_server, peer, 7, BASE + NEWEST) == "bb"  # the same bytes: kept, not decoded
+    assert _client_of(h2_server, peer, 9, BASE + _joining(client, b"vv")) == "vv"  # table: vv, bb
+    assert _client_of(h2_server, peer, 11, BASE + _joining(client, b"vv")) == "vv"  # the same bytes; table: vv, vv
+    assert _client_of(h2_server, peer, 13, BASE + SECOND) == "vv"  # bb had the 11th block been skipped
 
 
 def test_a_block_refused_as_too_large_still_moves_the_table(h2_server: Loop) -> None:
@@ -106,26 +111,23 @@ def test_a_block_refused_as_too_large_still_moves_the_table(h2_server: Loop) -> 
     after the large one, join it here too, and a later reference means what the client meant;
     and a block kept from before does not outlive the change."""
     peer = h2_server.peer()
-    base = request_block("127.0.0.1", INFER)
-    joining = b"\x40" + hpack_string(b"x-client-id")
-    assert _client_of(h2_server, peer, 1, base + joining + hpack_string(b"aa")) == "aa"
-    assert _client_of(h2_server, peer, 3, base + b"\xbe") == "aa"  # kept: the table did not move
-    _send_block(peer, 5, base + joining + hpack_string(b"bb") + _big(17_000))
+    client = b"x-client-id"
+    assert _client_of(h2_server, peer, 1, BASE + _joining(client, b"aa")) == "aa"
+    assert _client_of(h2_server, peer, 3, BASE + NEWEST) == "aa"  # kept: the table did not move
+    _send_block(peer, 5, BASE + _joining(client, b"bb") + _big(17_000))
     assert peer.answer(5)[0] == 8
-    assert _client_of(h2_server, peer, 7, base + b"\xbe") == "bb"  # entry 62 is bb now
-    _send_block(peer, 9, base + _big(17_000) + joining + hpack_string(b"cc"))  # the new field after the large one
+    assert _client_of(h2_server, peer, 7, BASE + NEWEST) == "bb"  # entry 62 is bb now
+    _send_block(peer, 9, BASE + _big(17_000) + _joining(client, b"cc"))  # the new field after the large one
     assert peer.answer(9)[0] == 8
-    assert _client_of(h2_server, peer, 11, base + b"\xbe") == "cc"
+    assert _client_of(h2_server, peer, 11, BASE + NEWEST) == "cc"
 
 
 def test_a_block_that_inflates_past_a_mebibyte_ends_the_connection(h2_server: Loop) -> None:
     """A few hundred one-byte references to a 4,000-byte entry (an HPACK bomb) are not decoded
     to the end: GOAWAY, and the listener serves the next connection."""
     peer = h2_server.peer()
-    base = request_block("127.0.0.1", INFER)
-    entry = b"\x40" + hpack_string(b"x-pad") + hpack_int(4_000, 7) + b"p" * 4_000
-    assert _client_of(h2_server, peer, 1, base + entry) == ""
-    peer.send(frame(HEADERS, END_HEADERS, 3, base + b"\xbe" * 300))  # 1.2 MB decoded from 300 bytes
+    assert _client_of(h2_server, peer, 1, BASE + _joining(b"x-pad", b"p" * 4_000)) == ""
+    peer.send(frame(HEADERS, END_HEADERS, 3, BASE + NEWEST * 300))  # 1.2 MB decoded from 300 bytes
     got = peer.read()
     assert got is not None and got[0] == GOAWAY
     other = h2_server.peer()
