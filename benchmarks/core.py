@@ -5,15 +5,15 @@ In this order:
    is the ratio denominator), and batch-1 latency;
 2. batchgate (2 local workers): closed loop at each ``--users`` count over HTTP JSON,
    HTTP binary and gRPC on ``mlp``; 1 user on ``digits_mlp``; open loop (Poisson) at 70%,
-   30% and 10% of the measured ``mlp`` capacity, each rate also against a second gateway whose
+   30% and 10% of the ``mlp`` capacity, each share also against a second gateway whose
    batcher waits the full queue delay (``adaptive: false``), the two alternating
-   ``--open-rounds`` times (target 4 takes the median of the runs' p99/p50), and the capacity measured
-   again after the 70% runs; a third gateway (``all-threads``) whose workers each run ONNX
-   Runtime on every usable CPU (``threads`` = the CPU count, where the default divides the
-   CPUs among the workers), at 1 user and in the 70% rotation: what one run on all the
-   CPUs buys at low load, and what two runs oversubscribing them cost under load; then
-   ``mlp_xl`` at 64 users,
-   right after its own raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
+   ``--open-rounds`` times (target 4 takes the median of the runs' p99/p50), with the capacity
+   measured again before each round and the round's rate set from it; a third gateway
+   (``all-threads``) whose workers each run ONNX Runtime on every usable CPU (``threads`` =
+   the CPU count, where the default divides the CPUs among the workers), at 1 user and in
+   the 70% rotation: what one run on all the CPUs buys at low load, and what two runs
+   oversubscribing them cost under load; then ``mlp_xl`` at 64 users, right after its own
+   raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
    ``--peers`` when they are installed;
@@ -190,21 +190,22 @@ def main(argv: list[str] | None = None) -> None:
         "mlp_xl": bodies(XL_WIDTHS[0], work, "mlp_xl"),
     }
     rows: list[Row] = []
-    capacity_check: dict[str, float] = {}
+    capacities: list[dict[str, float]] = []
 
     def run(
         system: str, server: Any, port: int, model: str, protocol: str, count: int = 0, rate: float = 0.0,
-        *, stats_port: int = 0,
+        *, stats_port: int = 0, share: float = 0.0,
     ) -> Row:  # fmt: skip
         """One measured row; ``stats_port`` is the server's HTTP port when ``port`` is its gRPC one."""
         samples = None
         if count == 64 or rate:
-            load = f"{count}u" if count else f"{rate:.0f}rps"
+            load = f"{count}u" if count else f"{share * 100:.0f}pct"
             samples = args.out / f"samples-{system}-{model}-{protocol}-{load}.json"
         row = measure(
             system, server, port, model, protocol, payloads[model][protocol], count, args.duration, args.warmup,
             rate, samples, stats_port or (0 if protocol == "grpc" else port),
         )  # fmt: skip
+        row.share = share
         rows.append(row)
         return row
 
@@ -247,31 +248,35 @@ def main(argv: list[str] | None = None) -> None:
                 stats_port=port,
             )
         peak = max((r for r in rows if r.model == "mlp" and r.protocol == "binary"), key=lambda r: r.items_per_s)
-        capacity = peak.items_per_s
-        rates = [round(capacity * float(share)) for share in args.open_load.split(",")]
-        print(f"open loop at {rates} /s, each rate against a fixed queue delay (adaptive: false) ...", flush=True)
+        shares = [float(share) for share in args.open_load.split(",")]
+        print(
+            f"open loop at {', '.join(f'{share:.0%}' for share in shares)} of the capacity (`mlp` binary at "
+            f"{peak.users} users, measured again before each round), against a fixed queue delay (adaptive: false) ...",
+            flush=True,
+        )
         fixed = _gateway(repos["fixed"], work / "gateway-fixed.log")
         try:
             # The two batchers back to back at each rate, alternating, for the machine drifts;
             # and taking turns to go first (ABBA), so neither always has the same place in
             # its pair (adaptive went first in every pair and was the worse in 6 of 9).
             turn = 0
-            for rate in rates:
+            for share in shares:
                 for _ in range(max(args.open_rounds, 1)):
+                    # Each round's rate is its share of the capacity just before it: a rate set
+                    # once ran at 70% of the capacity measured before the runs and 96% of the one
+                    # measured after them (2026-12-03: 2,205 then 1,604 items/s).
+                    probe = measure(
+                        "batchgate", gateway.process, port, "mlp", "binary", payloads["mlp"]["binary"], peak.users,
+                        max(args.duration / 2, 1.0), args.warmup, stats_port=port,
+                    )  # fmt: skip
+                    rate = round(probe.items_per_s * share)
+                    capacities.append({"share": share, "capacity": probe.items_per_s, "rate": rate})
                     pair = [("batchgate", gateway.process, port), ("fixed-delay", fixed.process, fixed.port)]
                     for system, process, at in pair if turn % 2 == 0 else pair[::-1]:
-                        run(system, process, at, "mlp", "binary", rate=rate)
-                    if rate == rates[0] and all_threads is not None:
-                        run(ALL_THREADS, all_threads.process, all_threads.port, "mlp", "binary", rate=rate)
+                        run(system, process, at, "mlp", "binary", rate=rate, share=share)
+                    if share == shares[0] and all_threads is not None:
+                        run(ALL_THREADS, all_threads.process, all_threads.port, "mlp", "binary", rate=rate, share=share)
                     turn += 1
-                if rate == rates[0]:
-                    # The machine's speed drifts: was the rate still that share of the capacity?
-                    again = measure(
-                        "batchgate", gateway.process, port, "mlp", "binary", payloads["mlp"]["binary"], peak.users,
-                        args.duration, args.warmup, stats_port=port,
-                    )  # fmt: skip
-                    capacity_check = {"before": capacity, "after": again.items_per_s, "rate": rate}
-                    print(f"  capacity again after the {rate}/s runs: {again.items_per_s:.0f} items/s", flush=True)
         finally:
             fixed.stop()
     finally:
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         "duration": args.duration,
         "warmup": args.warmup,
         "peers": "; ".join(peer_notes) + ".",
-        "capacity_check": capacity_check,
+        "capacities": capacities,
     }
     text = markdown(raw, latency, rows, meta, rounds, xl_rows)
     (args.out / "core.md").write_text(text)

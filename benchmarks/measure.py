@@ -46,6 +46,13 @@ class Row:
     # Raw batch-1 p50 (ms) on the threads the server runs a batch on, measured right before
     # this row (1-user rows of target 3): the machine's speed drifts between minutes.
     raw_p50_ms: float | None = None
+    # Open loop: the share of the capacity (measured just before the run's round) its rate
+    # was. 0 for closed loop, and in results from before capacities were measured per round.
+    share: float = 0.0
+
+    def open_load(self) -> float:
+        """What groups open-loop runs: their share of the capacity, or their rate in older results."""
+        return self.share or self.rate
 
     def errors_text(self) -> str:
         """The error count, with what the errors were when there were any."""

@@ -54,6 +54,21 @@ def _capacity_check(check: dict[str, float]) -> list[str]:
     ]
 
 
+def _capacities(capacities: list[dict[str, float]]) -> list[str]:
+    """The capacity measured before each open-loop round, and the rate it set for that round."""
+    lines = []
+    for share in sorted({c["share"] for c in capacities}, reverse=True):
+        each = [c for c in capacities if c["share"] == share]
+        lines.append(
+            f"- capacity (peak `mlp` binary items/s) before each round at {share:.0%}: "
+            + ", ".join(f"{c['capacity']:.0f}" for c in each)
+            + "; so the rates "
+            + ", ".join(f"{c['rate']:.0f}" for c in each)
+            + "/s"
+        )
+    return lines
+
+
 def cpus_text(meta: dict[str, Any]) -> str:
     """'2 CPUs', or '2 CPUs (of 16 on the host)' when the run was confined to some of them."""
     host = meta.get("host_cpus")
@@ -110,6 +125,7 @@ def markdown(
         "",
         *targets(raw, latency, rows, rounds, xl_rounds, cpus=meta["cpus"]),
         *_capacity_check(meta.get("capacity_check") or {}),
+        *_capacities(meta.get("capacities") or []),
         "",
     ]
     if rounds:

@@ -63,6 +63,37 @@ def test_capacity_check_says_what_share_the_rate_really_was() -> None:
     assert "70% of the first and 88% of the second" in line
 
 
+def test_runs_whose_rate_followed_the_capacity_are_judged_together_by_their_share() -> None:
+    # Each round's rate is 70% of the capacity measured just before it, so the rates differ;
+    # grouped by rate, each run would be a "median of 1" and the first rate alone target 4.
+    runs = [(1655.0, 10.0, 24.0), (1598.0, 11.0, 44.0), (1620.0, 10.0, 27.0)]
+    rows = []
+    for rate, p50, p99 in runs:
+        for system, tail in (("batchgate", p99), ("fixed-delay", 25.0)):
+            row = _open(system, p50, tail, rate)
+            row.share = 0.7
+            rows.append(row)
+    low = _open("batchgate", 5.0, 10.0, 700.0)
+    low.share = 0.3
+    lines = [line for line in targets([], {}, [*rows, low]) if "open loop" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("- 4. open loop at 70% of the capacity (1598-1655/s) (binary, mlp)")
+    assert "median of 3 runs **2.70** (2.40, 2.70, 4.00) — met" in lines[0]
+    assert "fixed 2 ms delay: 2.50" in lines[0]
+    assert lines[1].startswith("-    open loop at 30% of the capacity (700/s)")
+
+
+def test_the_report_lists_the_capacity_before_each_round_and_the_rate_it_set() -> None:
+    from benchmarks.report import _capacities
+
+    assert _capacities([]) == []
+    rounds = [{"share": 0.7, "capacity": 2364.4, "rate": 1655}, {"share": 0.7, "capacity": 2283.0, "rate": 1598}]
+    (line,) = _capacities([*rounds, {"share": 0.3, "capacity": 2300.0, "rate": 690}])[:1]
+    assert line == (
+        "- capacity (peak `mlp` binary items/s) before each round at 70%: 2364, 2283; so the rates 1655, 1598/s"
+    )
+
+
 def _closed(system: str, protocol: str, items: float, p99: float) -> Row:
     return Row(system, "mlp", protocol, 64, items, p99 / 2, p99, p99 * 1.2, 0, 150.0, 300.0, 20.0, requests=50_000)
 
