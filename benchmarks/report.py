@@ -44,7 +44,8 @@ def rounds_table(rounds: list[Row]) -> list[str]:
 
 
 def _capacity_check(check: dict[str, float]) -> list[str]:
-    """Whether the open-loop rate was still its share of the capacity once those runs were done."""
+    """Whether the open-loop rate was still its share of the capacity once those runs were done
+    (results from before the capacity was measured before each round: see :func:`_capacities`)."""
     if not check:
         return []
     before, after, rate = check["before"], check["after"], check["rate"]
