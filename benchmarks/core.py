@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
                         max(args.duration / 2, 1.0), args.warmup, stats_port=port,
                     )  # fmt: skip
                     rate = round(probe.items_per_s * share)
+                    if rate < 1:
+                        raise RuntimeError(f"capacity probe: {probe.items_per_s:.1f} answers/s, no rate to run at")
                     capacities.append({"share": share, "capacity": probe.items_per_s, "rate": rate})
                     pair = [("batchgate", gateway.process, port), ("fixed-delay", fixed.process, fixed.port)]
                     for system, process, at in pair if turn % 2 == 0 else pair[::-1]:
