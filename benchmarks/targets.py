@@ -77,10 +77,14 @@ def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
     )
 
 
+def open_runs(rows: list[Row], system: str, load: float) -> list[Row]:
+    """The open-loop runs of ``system`` at ``load`` (:meth:`Row.open_load`)."""
+    return [r for r in rows if r.system == system and r.rate and r.open_load() == load]
+
+
 def median_run(rows: list[Row], system: str, load: float) -> Row | None:
-    """Of the open-loop runs of ``system`` at ``load`` (:meth:`Row.open_load`), the one with the median p99."""
-    runs = (r for r in rows if r.system == system and r.rate and r.open_load() == load)
-    return middle(sorted(runs, key=lambda r: r.p99_ms or 0.0))
+    """Of the open-loop runs of ``system`` at ``load``, the one with the median p99."""
+    return middle(sorted(open_runs(rows, system, load), key=lambda r: r.p99_ms or 0.0))
 
 
 def _ratio(value: float) -> str:
@@ -93,12 +97,12 @@ def overloaded(row: Row) -> bool:
 
 
 def tail_ratios(rows: list[Row], system: str, load: float) -> list[float]:
-    """p99/p50 of each open-loop run of ``system`` at ``load`` (:meth:`Row.open_load`), smallest first.
+    """p99/p50 of each open-loop run of ``system`` at ``load``, smallest first.
 
     An overloaded run counts as infinite whatever its ratio. Its p50 is inflated too, which
     makes the ratio look good: in one run at 88a64cb, 1.8% of requests got 503, p50 was 61.5 ms
     against 9-10 in the other runs, and the ratio was 2.56."""
-    runs = [r for r in rows if r.system == system and r.rate and r.open_load() == load and r.p50_ms and r.p99_ms]
+    runs = [r for r in open_runs(rows, system, load) if r.p50_ms and r.p99_ms]
     return sorted(math.inf if overloaded(r) else r.p99_ms / r.p50_ms for r in runs)  # type: ignore[operator]
 
 
@@ -252,7 +256,7 @@ def targets(
         tail = middle(ratios)
         if tail is None:  # not reached: ours is one of the runs
             continue
-        runs = [r for r in rows if r.system == "batchgate" and r.rate and r.open_load() == load]
+        runs = open_runs(rows, "batchgate", load)
         errors = sum(r.errors for r in runs)
         error_share = errors / max(errors + sum(r.requests for r in runs), 1)
         if error_share > 0.01:
