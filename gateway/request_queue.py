@@ -139,6 +139,11 @@ class RequestQueue:
         batch = [head]
         rows = head.rows
         self._take_one(head)
+        if not self.size:  # nothing else queued (a lone request): no levels to rank
+            own = self._levels[head.level]
+            if own and own[0] is head:
+                own.popleft()
+            return batch
         order = sorted(range(len(self._levels)), key=lambda level: self._rank(level, now))
         for level in order:
             queue = self._levels[level]

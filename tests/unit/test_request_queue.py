@@ -76,3 +76,20 @@ def test_discarded_requests_are_skipped() -> None:
     assert len(queue) == 1 and queue.head(0) is second
     assert queue.take(second, 10, 0) == [second]
     assert queue.head(0) is None
+
+
+def test_a_lone_request_leaves_nothing_behind() -> None:
+    queue = RequestQueue(levels=2, max_size=10, aging_s=1.0)
+    gone = _pending(level=0, enqueued=0.0)
+    queue.push(gone)
+    queue.discard(gone)  # still in its level's deque, no longer queued
+    lone = _pending(level=1, enqueued=1.0)
+    queue.push(lone)
+    head = queue.head(now=1.0)
+    assert head is lone
+    assert queue.take(head, max_rows=8, now=1.0) == [lone]
+    assert lone.state == TAKEN and len(queue) == 0 and queue.rows == 0
+    assert queue.head(now=1.0) is None
+    later = _pending(level=1, enqueued=2.0)
+    queue.push(later)  # the next one is served on its own, not with the one already taken
+    assert queue.take(queue.head(now=2.0) or later, max_rows=8, now=2.0) == [later]
