@@ -145,11 +145,14 @@ class ModelBatcher:
         if not self.service.samples:
             return 0.0
         fit = self.service
-        parallel = max(self.pool.usable_runs(), 1)
-        in_flight = self._inflight_batches * fit.fixed_s + self._inflight_rows * fit.per_row_s
-        ahead = (self.queue.rows // self.max_rows) * fit.predict(self.max_rows)
         own = fit.predict(min(self.queue.rows + rows, self.max_rows))
-        return (in_flight + ahead) / parallel + own
+        waits = self._inflight_batches * fit.fixed_s + self._inflight_rows * fit.per_row_s
+        full_batches = self.queue.rows // self.max_rows
+        if full_batches:
+            waits += full_batches * fit.predict(self.max_rows)
+        if not waits:  # nothing ahead (a lone request): no need to count the usable replicas
+            return own
+        return waits / max(self.pool.usable_runs(), 1) + own
 
     def queue_full_error(self) -> BatchgateError:
         return Overloaded(f"model {self.model} queue is full", retry_after_s=self.retry_after_s())

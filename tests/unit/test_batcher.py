@@ -196,6 +196,7 @@ def test_requests_are_shed_once_the_work_queued_ahead_passes_the_slo() -> None:
         for rows in (1, 8, 1, 8):
             batcher.service.observe(rows, 0.002 + 0.001 * rows)
         batcher.latency.observe(8, 1.0)  # the round trip the loop saw does not count here
+        assert batcher.predicted_latency_s(1) == pytest.approx(0.003)  # nothing ahead: its own batch
         admitted = 0
         with pytest.raises(Overloaded, match="longer than 30 ms") as refused:
             while admitted < 100:
