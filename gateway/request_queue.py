@@ -9,6 +9,7 @@ Requests that leave early (cancelled, expired) are marked and skipped lazily.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from gateway.types import Array
 from gateway.validation import ShapeKey
 
 QUEUED, TAKEN, GONE = 0, 1, 2
+
+log = logging.getLogger("batchgate.batcher")
 
 
 class QueueFull(Exception):
@@ -61,6 +64,16 @@ class Pending:
         # Called with this request once its future has a result or an exception (not when it
         # is cancelled): at once for an answer, a loop turn later for an error.
         self.on_done: Callable[[Pending], None] | None = None
+
+    def run_hook(self) -> None:
+        """Call ``on_done`` once; a failing hook is logged, not raised into the batch."""
+        hook, self.on_done = self.on_done, None
+        if hook is None:
+            return
+        try:
+            hook(self)
+        except Exception:
+            log.exception("a request's completion hook failed")
 
 
 class RequestQueue:
