@@ -46,7 +46,8 @@ from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.raw import dense, raw_latency_ms, raw_sweep, xl_rounds
 from benchmarks.report import markdown, plot
 from benchmarks.targets import ALL_THREADS, best_raw
-from gateway.child import ChildGateway, free_port
+from gateway.child import ChildGateway
+from gateway.ports import free_port
 from workers.affinity import usable_cpus
 from workers.allocator import keep_freed_memory
 

@@ -60,14 +60,6 @@ class Row:
         return f"{self.errors} ({kinds})" if kinds else str(self.errors)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- servers ---------------------------------------------------------------------------------
 def wait_http(port: int, path: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout

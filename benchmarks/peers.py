@@ -16,7 +16,8 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.measure import free_port, start, stop, wait_http, wait_http_post
+from benchmarks.measure import start, stop, wait_http, wait_http_post
+from gateway.ports import free_port
 from workers import allocator
 
 HERE = Path(__file__).parent

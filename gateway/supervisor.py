@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from gateway.config import PoolConfig
 from gateway.metrics import Metrics
 from gateway.pool import PoolClient
+from gateway.ports import free_port
 from gateway.repository import ModelVersion
 from gateway.tasks import spawn
 from workers.affinity import auto_threads, before_confined, format_cpus, parse_cpus, usable_cpus
@@ -36,12 +36,6 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerProcess:

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from gateway.child import ChildGateway, free_port
+from gateway.child import ChildGateway
+from gateway.ports import free_port
 
 __all__ = [
     "IDENTITY_TYPES",

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
 
-from gateway.child import free_port
+from gateway.ports import free_port
 from tests.helpers import GatewayProcess, wait_for, write_model
 from tests.load import Outcome, closed_loop
 
