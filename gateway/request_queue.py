@@ -19,7 +19,7 @@ from gateway.validation import ShapeKey
 
 QUEUED, TAKEN, GONE = 0, 1, 2
 
-log = logging.getLogger("batchgate.batcher")
+log = logging.getLogger("batchgate.batcher")  # a failing completion hook is the batcher's to report
 
 
 class QueueFull(Exception):
