@@ -140,7 +140,11 @@ class LoadedModel:
         # ONNX Runtime's Run is thread-safe: concurrent runs share this session's one copy of
         # the weights (and so the CPU cache), where a second process would bring its own.
         self.concurrency = max(concurrency, 1)
-        self._runs = threading.BoundedSemaphore(self.concurrency)
+        # A lone slot is a plain lock: a semaphore's acquire and release are Python code
+        # (a Condition each), about a dozen calls around every run on the hot path.
+        self._runs: threading.Lock | threading.BoundedSemaphore = (
+            threading.Lock() if self.concurrency == 1 else threading.BoundedSemaphore(self.concurrency)
+        )
 
     def run(
         self, feeds: dict[str, npt.NDArray[Any]], output_names: Sequence[str] | None = None
