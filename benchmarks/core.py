@@ -55,6 +55,8 @@ RESULTS = Path(__file__).parent / "results"
 XL_WIDTHS = (2048, 8192, 8192, 2048)
 PROTOCOLS = ("json", "binary", "grpc")
 RAW_BEFORE_RUNS = 1000  # raw batch-1 runs right before each 1-user row (2-3 s of mlp here)
+PAIR_RAW_RUNS = 300  # raw batch-1 runs of each target-3 pair (under a second of mlp here)
+PAIR_SECONDS = 2.0  # measured seconds of each target-3 pair's 1-user run
 
 
 def _repositories(work: Path) -> dict[str, Path]:
@@ -164,6 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved repeats of the 64-user comparison (target 1); 0 skips"
     )
+    parser.add_argument(
+        "--lone-pairs",
+        type=int,
+        default=5,
+        help="target 3: pairs of raw batch-1 and a short 1-user run right after it, per protocol; 0 skips",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
@@ -218,6 +226,20 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_all_threads and cpus > 1:
         all_threads = _gateway(main_repo, work / "gateway-all-threads.log", {"pools": {"default": {"threads": cpus}}})
     mlp_path = main_repo / "mlp" / "1" / "model.onnx"
+
+    def pairs(row: Row, server: Any, port: int, threads: int) -> None:
+        """Target 3's pairs for ``row``: raw batch 1 on ``threads``, then a short 1-user run."""
+        for _ in range(args.lone_pairs):
+            raw_p50 = raw_latency_ms(mlp_path, dense(512), PAIR_RAW_RUNS, threads=threads)
+            pair = measure(
+                row.system, server, port, "mlp", row.protocol, payloads["mlp"][row.protocol], 1, PAIR_SECONDS,
+                min(args.warmup, 0.5),
+            )  # fmt: skip
+            if pair.p50_ms is not None:
+                row.lone_pairs.append([raw_p50, pair.p50_ms])
+        added = ", ".join(f"+{p50 - raw_p50:.2f}" for raw_p50, p50 in row.lone_pairs)
+        print(f"  {row.system} {row.protocol} target-3 pairs, added over raw batch 1: {added} ms", flush=True)
+
     try:
         for count in users:
             for protocol in PROTOCOLS:
@@ -233,11 +255,14 @@ def main(argv: list[str] | None = None) -> None:
                     stats_port=port,
                 )
                 row.raw_p50_ms = raw_before
+                if count == 1:
+                    pairs(row, gateway.process, grpc_port if protocol == "grpc" else port, 1)
                 if count == 1 and all_threads is not None:  # right after the default, for the drift
                     at = (all_threads.grpc_port or 0) if protocol == "grpc" else all_threads.port
                     raw_before = raw_latency_ms(mlp_path, dense(512), RAW_BEFORE_RUNS, threads=cpus)
                     row = run(ALL_THREADS, all_threads.process, at, "mlp", protocol, 1, stats_port=all_threads.port)
                     row.raw_p50_ms = raw_before
+                    pairs(row, all_threads.process, at, cpus)
         for protocol in PROTOCOLS:
             run(
                 "batchgate",

@@ -46,6 +46,10 @@ class Row:
     # Raw batch-1 p50 (ms) on the threads the server runs a batch on, measured right before
     # this row (1-user rows of target 3): the machine's speed drifts between minutes.
     raw_p50_ms: float | None = None
+    # Target 3's pairs, measured after this 1-user row: (raw batch-1 p50, this server's 1-user
+    # p50) in ms, each short run right after its raw measurement. One pair moved by up to
+    # 0.7 ms between runs on the AMD VM; the median of several is the verdict.
+    lone_pairs: list[list[float]] = field(default_factory=list)
     # Open loop: the share of the capacity (measured just before the run's round) its rate
     # was. 0 for closed loop, and in results from before capacities were measured per round.
     share: float = 0.0

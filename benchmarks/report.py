@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Row
-from benchmarks.targets import batch1_reference, best_peer, best_raw, fmt, targets
+from benchmarks.targets import batch1_reference, best_peer, best_raw, fmt, pair_added, targets
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -171,7 +171,8 @@ def markdown(
         reference = batch1_reference(r, raw, latency, meta["cpus"]) if r.users == 1 else None
         if reference is not None and r.p50_ms is not None:
             base, label = reference
-            lines.append(f"- {r.system} `{r.model}` {r.protocol}: +{r.p50_ms - base:.3f} ms over {label}")
+            pairs = f"; median of {len(r.lone_pairs)} pairs +{pair_added(r):.3f} ms" if r.lone_pairs else ""
+            lines.append(f"- {r.system} `{r.model}` {r.protocol}: +{r.p50_ms - base:.3f} ms over {label}{pairs}")
     lines += ["", "![throughput, p99 and latency CDF](core.png)", ""]
     return "\n".join(lines)
 

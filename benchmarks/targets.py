@@ -70,6 +70,11 @@ def batch1_reference(
     return 1000.0 / cell["items_per_s"], f"raw batch-1 on {threads} threads"
 
 
+def pair_added(row: Row) -> float:
+    """Target 3's added latency from ``row``'s pairs: the median of (1-user p50 - raw batch-1 p50)."""
+    return float(statistics.median(p50 - raw for raw, p50 in row.lone_pairs))
+
+
 def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
     """The round with the median items/s of ``system`` over ``protocol`` (its own p99 with it)."""
     return middle(
@@ -240,9 +245,20 @@ def targets(
                     continue
                 base, label = reference
                 added = r.p50_ms - base
+                if not r.lone_pairs:
+                    out.append(
+                        f"- 3. `mlp` 1 user {r.protocol}{how}: p50 {r.p50_ms:.3f} ms, **+{added:.3f} ms** over {label} "
+                        f"({base:.3f} ms) — {'met' if added <= 1.0 else 'NOT met (target ≤ +1 ms)'}"
+                    )
+                    continue
+                paired = pair_added(r)
+                threads = label.removeprefix("raw batch-1 on ").removesuffix(" just before")
                 out.append(
-                    f"- 3. `mlp` 1 user {r.protocol}{how}: p50 {r.p50_ms:.3f} ms, **+{added:.3f} ms** over {label} "
-                    f"({base:.3f} ms) — {'met' if added <= 1.0 else 'NOT met (target ≤ +1 ms)'}"
+                    f"- 3. `mlp` 1 user {r.protocol}{how}: **+{paired:.3f} ms**, the median of {len(r.lone_pairs)} "
+                    f"pairs of raw batch-1 on {threads} and a {r.protocol} 1-user run right after it (each pair "
+                    f"{', '.join(f'+{p50 - raw:.2f}' for raw, p50 in r.lone_pairs)}) — "
+                    f"{'met' if paired <= 1.0 else 'NOT met (target ≤ +1 ms)'}; the row alone: p50 {r.p50_ms:.3f} ms, "
+                    f"+{added:.3f} over {label} ({base:.3f} ms)"
                 )
     loads = sorted({r.open_load() for r in rows if r.rate}, reverse=True)
     for load in loads:

@@ -189,6 +189,15 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     drifted.raw_p50_ms = 2.7
     (own,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
     assert "+0.900 ms** over raw batch-1 on 1 thread just before (2.700 ms) — met" in own
+    # With pairs (raw batch 1, then a short 1-user run), the verdict is their median, whatever
+    # the row alone said: here the row is +0.900 (met) but two of three pairs are over.
+    drifted.lone_pairs = [[2.0, 3.3], [2.2, 3.3], [2.5, 3.2]]
+    (paired,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
+    assert "**+1.100 ms**, the median of 3 pairs of raw batch-1 on 1 thread" in paired
+    assert "(each pair +1.30, +1.10, +0.70) — NOT met" in paired and "the row alone: p50 3.600 ms, +0.900" in paired
+    drifted.lone_pairs = [[2.0, 2.9], [2.2, 3.1], [2.5, 3.7]]
+    (paired,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
+    assert "**+0.900 ms**" in paired and "— met;" in paired
     # A sweep without that thread count gives no verdict rather than one against 1 thread.
     (unjudged,) = [line for line in targets(raw, {"mlp": 1.8}, served[1:], cpus=4) if line.startswith("- 3.")]
     assert "no verdict" in unjudged and "met" not in unjudged
