@@ -44,6 +44,15 @@ def middle(values: list[T]) -> T | None:
     return values[len(values) // 2] if values else None
 
 
+def row_threads(row: Row, cpus: int) -> int:
+    """The threads ``row``'s server runs a batch on, which its raw batch-1 reference keeps."""
+    return cpus if row.system == ALL_THREADS else 1 if row.system in OURS else PEER_THREADS
+
+
+def threads_text(threads: int) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
 def batch1_reference(
     row: Row, raw: list[dict[str, Any]], latency: dict[str, float], cpus: int
 ) -> tuple[float, str] | None:
@@ -56,9 +65,9 @@ def batch1_reference(
     more, the sweep's batch-1 cell (the batch over its median run). Runs up to 2026-11-28
     compared all of them with one thread, and called the all-threads gateway's +0.23 ms met
     where the like-for-like gap was +1.47 ms. None when there is nothing to compare with."""
-    threads = cpus if row.system == ALL_THREADS else 1 if row.system in OURS else PEER_THREADS
+    threads = row_threads(row, cpus)
     if row.raw_p50_ms is not None:
-        return row.raw_p50_ms, f"raw batch-1 on {threads} thread{'s' if threads > 1 else ''} just before"
+        return row.raw_p50_ms, f"raw batch-1 on {threads_text(threads)} just before"
     if threads == 1:
         return (latency[row.model], "raw batch-1") if row.model in latency else None
     cell = next(
@@ -252,10 +261,10 @@ def targets(
                     )
                     continue
                 paired = pair_added(r)
-                threads = label.removeprefix("raw batch-1 on ").removesuffix(" just before")
                 out.append(
                     f"- 3. `mlp` 1 user {r.protocol}{how}: **+{paired:.3f} ms**, the median of {len(r.lone_pairs)} "
-                    f"pairs of raw batch-1 on {threads} and a {r.protocol} 1-user run right after it (each pair "
+                    f"pairs of raw batch-1 on {threads_text(row_threads(r, cpus))} and a {r.protocol} 1-user run "
+                    "right after it (each pair "
                     f"{', '.join(f'+{p50 - raw:.2f}' for raw, p50 in r.lone_pairs)}) — "
                     f"{'met' if paired <= 1.0 else 'NOT met (target ≤ +1 ms)'}; the row alone: p50 {r.p50_ms:.3f} ms, "
                     f"+{added:.3f} over {label} ({base:.3f} ms)"
