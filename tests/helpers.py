@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from gateway.ports import free_port
 
 __all__ = [
     "IDENTITY_TYPES",
+    "GatedSession",
     "GatewayProcess",
     "ResponseReader",
     "child_pids",
@@ -97,6 +99,21 @@ def write_model(root: Path, name: str, data: bytes, config: dict[str, Any] | Non
     if config is not None:
         (root / name / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return folder / "model.onnx"
+
+
+class GatedSession:
+    """A real ONNX Runtime session whose runs each report in (``entered``) and then wait
+    until the test sets ``release``: for tests of what may run, or wait, meanwhile."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def run(self, names: list[str], inputs: dict[str, Any]) -> list[Any]:
+        self.entered.release()
+        assert self.release.wait(10), "the test never let the run go"
+        return list(self.session.run(names, inputs))
 
 
 class GatewayProcess(ChildGateway):

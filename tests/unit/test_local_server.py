@@ -12,6 +12,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from gateway.demo import mlp_model
+from tests.helpers import GatedSession
 from workers.framing import ERROR, HEADER, REQUEST, RESPONSE, frame, parse_error
 from workers.local_server import LocalServer
 from workers.runtime import LoadedModel, load_model
@@ -102,30 +103,18 @@ def test_a_connection_closed_mid_frame_leaves_the_server_serving_others(server: 
 
 
 def test_close_waits_for_the_request_being_computed_and_answers_it(tmp_path: Path, model: LoadedModel) -> None:
-    session = model.session
-    entered = threading.Event()
-    release = threading.Event()
-
-    class Gated:
-        """The real session, but a run reports in and then waits to be let go."""
-
-        def run(self, names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-            entered.set()
-            assert release.wait(10), "the test never let the run go"
-            return list(session.run(names, inputs))
-
-    model.session = Gated()
+    gated = model.session = GatedSession(model.session)
     local = LocalServer(tmp_path / "w.sock", WorkerServicer({("m", "1"): model}))
     local.start()
     whole, _ = _request(1)
     with _connect(local) as conn:
         conn.sendall(whole)
-        assert entered.wait(10)
+        assert gated.entered.acquire(timeout=10)
         closer = threading.Thread(target=local.close, kwargs={"timeout_s": 10})
         closer.start()
         closer.join(0.3)
         assert closer.is_alive(), "close() returned while a request was being computed"
-        release.set()
+        gated.release.set()
         kind, body = _read_frame(conn)
         closer.join(10)
         assert not closer.is_alive()

@@ -54,25 +54,15 @@ def test_io_binding_path_gives_the_plain_run_results(tmp_path: object) -> None:
 def test_concurrent_runs_share_one_session_up_to_the_limit(tmp_path: Path, concurrency: int) -> None:
     """Two runs are inside one session at once when allowed; with the default the second waits its turn."""
     from gateway.demo import mlp_model
+    from tests.helpers import GatedSession
     from workers.runtime import load_model
 
     path = tmp_path / "mlp.onnx"
     path.write_bytes(mlp_model((8, 16, 4), seed=3))
     feeds = {"input": np.ones((3, 8), dtype=np.float32)}
     model = load_model("m", "1", path, threads=1, providers=["cpu"], concurrency=concurrency)
-    session = model.session
-    entered = threading.Semaphore(0)
-    release = threading.Event()
-
-    class Gated:
-        """The real session, but each run reports in and then waits to be let go."""
-
-        def run(self, names: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-            entered.release()
-            assert release.wait(10), "the test never let the run go"
-            return list(session.run(names, inputs))
-
-    model.session = Gated()
+    gated = model.session = GatedSession(model.session)
+    entered, release = gated.entered, gated.release
     results: list[list[np.ndarray]] = []
     runners = [threading.Thread(target=lambda: results.append(model.run(feeds))) for _ in range(2)]
     for runner in runners:
