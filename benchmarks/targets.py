@@ -76,12 +76,17 @@ def batch1_reference(
     )
     if cell is None:
         return None
-    return 1000.0 / cell["items_per_s"], f"raw batch-1 on {threads} threads"
+    return 1000.0 / cell["items_per_s"], f"raw batch-1 on {threads_text(threads)}"
 
 
 def pair_added(row: Row) -> float:
     """Target 3's added latency from ``row``'s pairs: the median of (1-user p50 - raw batch-1 p50)."""
     return float(statistics.median(p50 - raw for raw, p50 in row.lone_pairs))
+
+
+def lone_verdict(added_ms: float) -> str:
+    """Target 3's verdict on an added latency."""
+    return "met" if added_ms <= 1.0 else "NOT met (target ≤ +1 ms)"
 
 
 def median_row(rows: list[Row], system: str, protocol: str) -> Row | None:
@@ -257,7 +262,7 @@ def targets(
                 if not r.lone_pairs:
                     out.append(
                         f"- 3. `mlp` 1 user {r.protocol}{how}: p50 {r.p50_ms:.3f} ms, **+{added:.3f} ms** over {label} "
-                        f"({base:.3f} ms) — {'met' if added <= 1.0 else 'NOT met (target ≤ +1 ms)'}"
+                        f"({base:.3f} ms) — {lone_verdict(added)}"
                     )
                     continue
                 paired = pair_added(r)
@@ -266,7 +271,7 @@ def targets(
                     f"pairs of raw batch-1 on {threads_text(row_threads(r, cpus))} and a {r.protocol} 1-user run "
                     "right after it (each pair "
                     f"{', '.join(f'+{p50 - raw:.2f}' for raw, p50 in r.lone_pairs)}) — "
-                    f"{'met' if paired <= 1.0 else 'NOT met (target ≤ +1 ms)'}; the row alone: p50 {r.p50_ms:.3f} ms, "
+                    f"{lone_verdict(paired)}; the row alone: p50 {r.p50_ms:.3f} ms, "
                     f"+{added:.3f} over {label} ({base:.3f} ms)"
                 )
     loads = sorted({r.open_load() for r in rows if r.rate}, reverse=True)
