@@ -46,6 +46,7 @@ from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.raw import dense, raw_latency_ms, raw_sweep, xl_rounds
 from benchmarks.report import markdown, plot
 from benchmarks.targets import ALL_THREADS, best_raw
+from gateway import __version__
 from gateway.child import ChildGateway
 from gateway.ports import free_port
 from workers.affinity import usable_cpus
@@ -57,6 +58,27 @@ PROTOCOLS = ("json", "binary", "grpc")
 RAW_BEFORE_RUNS = 1000  # raw batch-1 runs right before each 1-user row (2-3 s of mlp here)
 PAIR_RAW_RUNS = 300  # raw batch-1 runs of each target-3 pair (under a second of mlp here)
 PAIR_SECONDS = 2.0  # measured seconds of each target-3 pair's 1-user run
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it: these VMs name a family, not a part."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return None
+
+
+def versions() -> dict[str, str]:
+    """The versions behind the numbers: the same code runs differently on another ONNX Runtime."""
+    import numpy
+    import onnxruntime
+
+    return {"batchgate": __version__, "ONNX Runtime": onnxruntime.__version__, "NumPy": numpy.__version__}
 
 
 def _repositories(work: Path) -> dict[str, Path]:
@@ -394,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         "cpus": cpus,  # the CPU set and cgroup quota: a taskset run counts its CPUs
         "host_cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "versions": versions(),
         "date": time.strftime("%Y-%m-%d"),
         "duration": args.duration,
         "warmup": args.warmup,

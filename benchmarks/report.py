@@ -76,6 +76,17 @@ def cpus_text(meta: dict[str, Any]) -> str:
     return f"{meta['cpus']} CPUs" + (f" (of {host} on the host)" if host and host != meta["cpus"] else "")
 
 
+def machine_text(meta: dict[str, Any]) -> str:
+    """The Machine line's body: architecture and CPU model, CPUs, Python, the runtime's versions, date.
+
+    Results written before the CPU model and the versions were recorded render as they did.
+    """
+    machine = meta["machine"] + (f" ({meta['cpu_model']})" if meta.get("cpu_model") else "")
+    parts = [machine, cpus_text(meta), f"Python {meta['python']}"]
+    parts += [f"{name} {version}" for name, version in meta.get("versions", {}).items()]
+    return "; ".join([*parts, meta["date"]])
+
+
 def open_loop_cpu(rows: list[Row]) -> list[str]:
     """Each open-loop run's CPU by process and CPU pressure: whether the work went to one
     worker or both, and how often something waited for a core, next to the tail it got."""
@@ -115,7 +126,7 @@ def markdown(
         "# Core benchmark: batchgate vs raw ONNX Runtime vs peers",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {cpus_text(meta)}; Python {meta['python']}; {meta['date']}  ",
+        f"Machine: {machine_text(meta)}  ",
         f"Load: one item per request, {meta['duration']} s measured after {meta['warmup']} s warm-up; closed loop "
         "(users) or open loop (Poisson arrivals at a rate, latency from the scheduled arrival). The load generator "
         "runs in its own process (its CPU share is reported): pre-encoded keep-alive HTTP/1.1, or for gRPC a minimal "

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks.core import cpu_model, versions
 from benchmarks.measure import Row
-from benchmarks.report import cpus_text, open_loop_cpu
+from benchmarks.report import cpus_text, machine_text, open_loop_cpu
 from benchmarks.targets import targets
 
 
@@ -137,6 +138,18 @@ def test_the_machine_line_says_when_the_run_had_fewer_cpus_than_the_host() -> No
     assert cpus_text({"cpus": 2, "host_cpus": 16}) == "2 CPUs (of 16 on the host)"
     assert cpus_text({"cpus": 2, "host_cpus": 2}) == "2 CPUs"
     assert cpus_text({"cpus": 4}) == "4 CPUs"  # results written before host_cpus was recorded
+
+
+def test_the_machine_line_names_the_cpu_model_and_the_versions_when_the_run_recorded_them() -> None:
+    meta = {"machine": "x86_64", "cpus": 2, "host_cpus": 16, "python": "3.12.3", "date": "2026-12-04"}
+    assert machine_text(meta) == "x86_64; 2 CPUs (of 16 on the host); Python 3.12.3; 2026-12-04"  # older results
+    meta |= {"cpu_model": "Intel(R) Xeon(R) Processor", "versions": {"ONNX Runtime": "1.30.0", "NumPy": "2.5.2"}}
+    assert machine_text(meta) == (
+        "x86_64 (Intel(R) Xeon(R) Processor); 2 CPUs (of 16 on the host); Python 3.12.3; "
+        "ONNX Runtime 1.30.0; NumPy 2.5.2; 2026-12-04"
+    )
+    assert cpu_model()  # this machine's /proc/cpuinfo names one
+    assert set(versions()) == {"batchgate", "ONNX Runtime", "NumPy"}
 
 
 def test_the_harness_refuses_to_start_without_matplotlib_instead_of_failing_after_the_run() -> None:
