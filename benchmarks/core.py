@@ -81,8 +81,9 @@ def versions() -> dict[str, str]:
     return {"batchgate": __version__, "ONNX Runtime": onnxruntime.__version__, "NumPy": numpy.__version__}
 
 
-def _repositories(work: Path) -> dict[str, Path]:
-    """The demo models; a copy of ``mlp`` that waits the full delay; ``mlp_xl`` on its own."""
+def _repositories(work: Path, xl_wanted: bool = True) -> dict[str, Path]:
+    """The demo models; a copy of ``mlp`` that waits the full delay; ``mlp_xl`` on its own,
+    unless ``--no-xl`` leaves it out (400 MB of writing that nothing would read)."""
     from gateway.demo import build_demo, mlp_model
 
     main = work / "models"
@@ -93,6 +94,8 @@ def _repositories(work: Path) -> dict[str, Path]:
     config = yaml.safe_load((fixed / "mlp" / "config.yaml").read_text())
     config["batching"]["adaptive"] = False
     (fixed / "mlp" / "config.yaml").write_text(yaml.safe_dump(config))
+    if not xl_wanted:
+        return {"main": main, "fixed": fixed}
     print("building mlp_xl (2048 -> 8192 -> 8192 -> 2048, fixed seed; ~400 MB) ...", flush=True)
     xl = work / "xl"
     (xl / "mlp_xl" / "1").mkdir(parents=True)
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         old.unlink()
 
     work = Path(tempfile.mkdtemp(prefix="batchgate-bench-"))
-    repos = _repositories(work)
+    repos = _repositories(work, xl_wanted=not args.no_xl)
     main_repo = repos["main"]
     print("raw ONNX Runtime sweeps ...", flush=True)
     raw = raw_sweep(main_repo / "mlp" / "1" / "model.onnx", "mlp", dense(512), args.raw_seconds)
