@@ -81,9 +81,20 @@ def wait_http(port: int, path: str, process: subprocess.Popen[bytes], timeout: f
 
 
 def proc_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants. A thread or process that ends while it is read is skipped:
+    the servers start and end threads under load, and one that ended between the listing and
+    the read once stopped a benchmark run with FileNotFoundError."""
     pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return pids
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
             pids.extend(proc_tree(int(child)))
     return pids
 
