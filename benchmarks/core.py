@@ -46,7 +46,7 @@ from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.raw import dense, raw_latency_ms, raw_sweep, xl_rounds
 from benchmarks.report import markdown, plot
-from benchmarks.targets import ALL_THREADS, best_raw
+from benchmarks.targets import ALL_THREADS, best_raw, pairs_text
 from gateway import __version__
 from gateway.child import ChildGateway
 from gateway.ports import free_port
@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             if pair.p50_ms is not None:
                 row.lone_pairs.append([raw_p50, pair.p50_ms])
-        added = ", ".join(f"+{p50 - raw_p50:.2f}" for raw_p50, p50 in row.lone_pairs)
-        print(f"  {row.system} {row.protocol} target-3 pairs, added over raw batch 1: {added} ms", flush=True)
+        print(f"  {row.system} {row.protocol} target-3 pairs, added over raw batch 1: {pairs_text(row)} ms", flush=True)
 
     try:
         for count in users:

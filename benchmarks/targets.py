@@ -84,6 +84,11 @@ def pair_added(row: Row) -> float:
     return float(statistics.median(p50 - raw for raw, p50 in row.lone_pairs))
 
 
+def pairs_text(row: Row) -> str:
+    """Each of ``row``'s target-3 pairs as the latency it added, for the log and the report."""
+    return ", ".join(f"+{p50 - raw:.2f}" for raw, p50 in row.lone_pairs)
+
+
 def lone_verdict(added_ms: float) -> str:
     """Target 3's verdict on an added latency."""
     return "met" if added_ms <= 1.0 else "NOT met (target ≤ +1 ms)"
@@ -270,7 +275,7 @@ def targets(
                     f"- 3. `mlp` 1 user {r.protocol}{how}: **+{paired:.3f} ms**, the median of {len(r.lone_pairs)} "
                     f"pairs of raw batch-1 on {threads_text(row_threads(r, cpus))} and a {r.protocol} 1-user run "
                     "right after it (each pair "
-                    f"{', '.join(f'+{p50 - raw:.2f}' for raw, p50 in r.lone_pairs)}) — "
+                    f"{pairs_text(r)}) — "
                     f"{lone_verdict(paired)}; the row alone: p50 {r.p50_ms:.3f} ms, "
                     f"+{added:.3f} over {label} ({base:.3f} ms)"
                 )
