@@ -61,13 +61,15 @@ PAIR_RAW_RUNS = 300  # raw batch-1 runs of each target-3 pair (under a second of
 PAIR_SECONDS = 2.0  # measured seconds of each target-3 pair's 1-user run
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name as Linux reports it: these VMs name a family, not a part."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (or the text given): these VMs name a family,
+    not a part. None where it names none (Arm kernels list implementer and part numbers)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name":
             return value.strip()

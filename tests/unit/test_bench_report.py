@@ -148,7 +148,9 @@ def test_the_machine_line_names_the_cpu_model_and_the_versions_when_the_run_reco
         "x86_64 (Intel(R) Xeon(R) Processor); 2 CPUs (of 16 on the host); Python 3.12.3; "
         "ONNX Runtime 1.30.0; NumPy 2.5.2; 2026-12-04"
     )
-    assert cpu_model()  # this machine's /proc/cpuinfo names one
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n"
+    assert cpu_model(cpuinfo) == "AMD EPYC"
+    assert cpu_model("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n") is None  # an Arm kernel's
     assert set(versions()) == {"batchgate", "ONNX Runtime", "NumPy"}
 
 
