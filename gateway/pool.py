@@ -3,8 +3,9 @@
 Picks the replica with the fewest outstanding batches (power of two random choices
 when the pool is large), hands out at most ``inflight_per_replica`` slots per replica,
 and tracks which replicas are ready through a guarded health-check task. Batches go
-over the framed local transport to workers on this machine and over v2 gRPC to any
-other v2 server; health and metadata always use gRPC.
+over the framed local transport to workers on this machine, as arrays to replicas in
+the gateway's own process, and over v2 gRPC to any other v2 server; health and metadata
+always use gRPC.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.circuit import OPEN, CircuitBreaker, RetryBudget
 from gateway.clock import Clock, MonotonicClock
 from gateway.config import WorkerTLS
 from gateway.errors import BatchgateError, DeadlineExceeded, Unavailable, WorkerError
+from gateway.inprocess import InProcessWorker
 from gateway.metrics import Metrics
 from gateway.replica import (
     LOAD_TIMEOUT_S,
@@ -40,6 +42,7 @@ from gateway.tasks import spawn
 from gateway.types import Array, Signature
 from workers import framing
 from workers.runtime import TensorSpec
+from workers.servicer import InferFailure
 
 log = logging.getLogger("batchgate.pool")
 
@@ -82,10 +85,11 @@ class PoolClient:
         self.wanted: Wanted = lambda: ()
 
     # -- membership -------------------------------------------------------------------
-    def add(self, address: str, local_path: str | None = None) -> Replica:
+    def add(self, address: str, local_path: str | None = None, inline: InProcessWorker | None = None) -> Replica:
         replica = self.replicas.get(address)
         if replica is None:
-            replica = self.replicas[address] = Replica(address, local_path, CircuitBreaker(self.clock), self.tls)
+            breaker = CircuitBreaker(self.clock)
+            replica = self.replicas[address] = Replica(address, local_path, breaker, self.tls, inline)
             self._circuit_metric(replica)
         elif replica.draining:  # back before its removal finished (a pod that flapped): keep it
             replica.draining = False
@@ -202,6 +206,9 @@ class PoolClient:
         self, replica: Replica, model: str, version: str, feeds: dict[str, Array], timeout_s: float, done: Done
     ) -> None:
         """Start one batch on ``replica``; ``done`` is called exactly once, possibly before this returns."""
+        if replica.inline is not None:
+            replica.inline.submit(model, version, feeds, timeout_s, self._inline_reply(replica, done))
+            return
         request = infer_request(model, version, feeds)
         while replica.local_path is not None and replica.connections:
             connection = replica.connections.pop()
@@ -226,6 +233,27 @@ class PoolClient:
                 if isinstance(failure, Unavailable):  # the worker is draining: send nothing more its way
                     self.set_ready(replica, False)
                 done(None, None, failure)
+
+        return reply
+
+    def _inline_reply(
+        self, replica: Replica, done: Done
+    ) -> Callable[[Outputs | None, float | None, InferFailure | BatchgateError | None], None]:
+        def reply(outputs: Outputs | None, busy: float | None, failure: InferFailure | BatchgateError | None) -> None:
+            if failure is None:
+                self.record(replica, True)
+                done(outputs, busy, None)
+                return
+            if isinstance(failure, InferFailure):
+                error = error_for(failure.code, failure.message, replica.address)
+            else:
+                error = failure
+            # As over the socket: a model's own failure leaves the breaker closed, a run that
+            # never answered counts against the replica.
+            self.record(replica, not isinstance(error, DeadlineExceeded))
+            if isinstance(error, Unavailable):  # draining: send nothing more its way
+                self.set_ready(replica, False)
+            done(None, None, error)
 
         return reply
 

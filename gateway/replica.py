@@ -2,7 +2,8 @@
 
 A replica is reached over v2 gRPC (plain, TLS or mutual TLS) and, when it runs on this
 machine, over framed unix-socket connections as well (:mod:`gateway.local_transport`).
-Both carry the same ModelInferRequest; a worker's gRPC status maps to the gateway's error
+Both carry the same ModelInferRequest; an in-process replica (:mod:`gateway.inprocess`)
+takes its batches as arrays and keeps gRPC for health and loading; a worker's gRPC status maps to the gateway's error
 tree here, in one place.
 """
 
@@ -18,6 +19,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.circuit import CircuitBreaker
 from gateway.config import WorkerTLS
 from gateway.errors import BatchgateError, DeadlineExceeded, InvalidInput, NotFound, Unavailable, WorkerError
+from gateway.inprocess import InProcessWorker
 from gateway.local_transport import LocalConnection
 from gateway.types import Array
 from workers.servicer import COMPUTE_NS
@@ -74,14 +76,21 @@ def open_channel(address: str, tls: WorkerTLS | None) -> grpc.aio.Channel:
 class Replica:
     """One worker endpoint and its gateway-side bookkeeping.
 
-    ``local_path`` names the worker's framed unix socket when it runs on this machine.
+    ``local_path`` names the worker's framed unix socket when it runs on this machine;
+    ``inline`` is set instead when the replica runs in the gateway's own process.
     """
 
     def __init__(
-        self, address: str, local_path: str | None, breaker: CircuitBreaker, tls: WorkerTLS | None = None
+        self,
+        address: str,
+        local_path: str | None,
+        breaker: CircuitBreaker,
+        tls: WorkerTLS | None = None,
+        inline: InProcessWorker | None = None,
     ) -> None:
         self.address = address
         self.local_path = local_path
+        self.inline = inline
         self.breaker = breaker
         self.channel = open_channel(address, tls)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)

@@ -53,7 +53,7 @@ class InferFailure(Exception):
         self.message = message
 
 
-def _text(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def text_feed(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """ONNX string tensors hold text: decode BYTES elements as UTF-8."""
     out = np.empty(array.shape, dtype=object)
     flat_in = array.reshape(-1)
@@ -106,7 +106,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
                     array = array_from_raw(tensor.datatype, tensor.shape, raw[index])
                 else:
                     array = array_from_contents(tensor.datatype, tensor.shape, tensor.contents)
-                feeds[tensor.name] = _text(array) if tensor.datatype == "BYTES" else array
+                feeds[tensor.name] = text_feed(array) if tensor.datatype == "BYTES" else array
         except (ValueError, IndexError) as exc:
             raise InferFailure(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}") from None
         names = [output.name for output in request.outputs]

@@ -77,3 +77,16 @@ def test_a_cpu_list_is_checked_when_the_file_is_read(tmp_path: Path) -> None:
     path.write_text("pools: {default: {cpus: '2-1'}}\n")
     with pytest.raises(ConfigError, match=r"pools\.default\.cpus: Value error, '2-1': the range 2-1 runs backwards"):
         load_server_config(path, environ={})
+
+
+def test_thread_isolation_is_for_local_pools(tmp_path: Path) -> None:
+    path = tmp_path / "batchgate.yaml"
+    path.write_text("pools: {default: {isolation: thread}}\n")
+    assert load_server_config(path, environ={}).pools["default"].isolation == "thread"
+    assert load_server_config(None, environ={}).pools["default"].isolation == "process"
+    path.write_text("pools: {default: {isolation: thread, endpoints: ['127.0.0.1:9000']}}\n")
+    with pytest.raises(ConfigError, match=r"pools\.default: Value error, isolation 'thread' applies to local replicas"):
+        load_server_config(path, environ={})
+    path.write_text("pools: {default: {isolation: fork}}\n")
+    with pytest.raises(ConfigError, match=r"pools\.default\.isolation: Input should be 'process' or 'thread'"):
+        load_server_config(path, environ={})

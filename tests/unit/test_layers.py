@@ -19,7 +19,7 @@ FLOW = [
     ("gateway.batcher",),
     ("gateway.pool",),
     ("gateway.replica",),
-    ("gateway.local_transport",),
+    ("gateway.local_transport", "gateway.inprocess"),
 ]
 COMPOSITION_ROOTS = {"gateway.cli", "gateway.app"}
 

@@ -79,3 +79,38 @@ def test_workers_of_a_confined_gateway_get_back_the_cpus_it_had(
     assert argv[argv.index("--cpus") + 1] == "0-3"  # not the gateway's own core
     argv = command(PoolConfig(cpus="3"))
     assert argv[argv.index("--cpus") + 1] == "3"  # the pool's own list wins
+
+
+def test_in_process_replicas_join_the_pool_scale_and_close(tmp_path: Path) -> None:
+    """``isolation: thread``: real ONNX Runtime sessions in this process, no worker process."""
+    import asyncio
+    import sys
+
+    from gateway.repository import ModelVersion
+    from tests.helpers import identity_model, write_model
+
+    path = write_model(tmp_path / "models", "identity", identity_model(["FP32"]))
+    pool = PoolClient("p")
+    config = PoolConfig(replicas=1, isolation="thread", threads=1)
+    local = LocalSupervisor(pool, config, lambda: [ModelVersion("identity", "1", path)], Metrics(), tmp_path)
+    before = sys.getswitchinterval()
+
+    async def scenario() -> None:
+        await local.start()
+        await asyncio.gather(*(w.task for w in local.workers.values() if w.task))
+        assert sys.getswitchinterval() == supervisor.SWITCH_INTERVAL_S
+        await local.scale_to(2)
+        await asyncio.gather(*(w.task for w in local.workers.values() if w.task))
+        replicas = [w.in_process for w in local.workers.values()]
+        assert all(r is not None for r in replicas) and all(w.process is None for w in local.workers.values())
+        assert {r.inline for r in pool.replicas.values()} == set(replicas)
+        await local.scale_to(1)  # the newest replica drains and closes
+        assert len(pool.replicas) == 1 and replicas[1] is not None and not replicas[1].servicer.ready
+        await local.stop()
+        assert replicas[0] is not None and not replicas[0].servicer.ready
+        await pool.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sys.setswitchinterval(before)
