@@ -13,7 +13,9 @@ In this order:
    (``all-threads``) whose workers each run ONNX Runtime on every usable CPU (``threads`` =
    the CPU count, where the default divides the CPUs among the workers), at 1 user and in
    the 70% rotation: what one run on all the CPUs buys at low load, and what two runs
-   oversubscribing them cost under load; then ``mlp_xl`` at 64 users, right after its own
+   oversubscribing them cost under load; a fourth (``in-process``) whose replicas run in
+   the gateway's own process (``isolation: thread``), at 1 and 64 users and in the 70%
+   rotation: what a worker process's isolation costs; then ``mlp_xl`` at 64 users, right after its own
    raw sweep; then the MiniLM encoder (``benchmarks.encoder``, when the
    ``bench`` extra is installed) raw and through batchgate at 1, 16 and 64 users;
 3. the no-batching Starlette server the same way (JSON), and Ray Serve / PyTriton with
@@ -46,7 +48,7 @@ from benchmarks import encoder, peers
 from benchmarks.measure import Row, bodies, measure, start, stop, wait_http_post
 from benchmarks.raw import dense, raw_latency_ms, raw_sweep, xl_rounds
 from benchmarks.report import markdown, plot
-from benchmarks.targets import ALL_THREADS, best_raw, pairs_text
+from benchmarks.targets import ALL_THREADS, IN_PROCESS, best_raw, pairs_text
 from gateway import __version__
 from gateway.child import ChildGateway
 from gateway.ports import free_port
@@ -188,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-all-threads", action="store_true", help=f"skip the {ALL_THREADS} gateway (1 user and the 70%% runs)"
     )
+    parser.add_argument(
+        "--no-in-process", action="store_true", help=f"skip the {IN_PROCESS} gateway (isolation: thread)"
+    )
     parser.add_argument("--no-xl", action="store_true", help="skip mlp_xl (it takes ~400 MB per worker)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the MiniLM encoder (the bench extra)")
     parser.add_argument("--peers", action="store_true", help="also measure Ray Serve and PyTriton if installed")
@@ -253,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     cpus = usable_cpus()
     if not args.no_all_threads and cpus > 1:
         all_threads = _gateway(main_repo, work / "gateway-all-threads.log", {"pools": {"default": {"threads": cpus}}})
+    in_process = None
+    if not args.no_in_process:
+        threaded = {"pools": {"default": {"isolation": "thread"}}}
+        in_process = _gateway(main_repo, work / "gateway-in-process.log", threaded)
     mlp_path = main_repo / "mlp" / "1" / "model.onnx"
 
     def pairs(row: Row, server: Any, port: int, threads: int) -> None:
@@ -284,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
                 row.raw_p50_ms = raw_before
                 if count == 1:
                     pairs(row, gateway.process, grpc_port if protocol == "grpc" else port, 1)
+                if count in (1, 64) and in_process is not None:  # right after the default, for the drift
+                    at = (in_process.grpc_port or 0) if protocol == "grpc" else in_process.port
+                    raw_before = raw_latency_ms(mlp_path, dense(512), RAW_BEFORE_RUNS) if count == 1 else None
+                    row = run(IN_PROCESS, in_process.process, at, "mlp", protocol, count, stats_port=in_process.port)
+                    row.raw_p50_ms = raw_before
+                    if count == 1:
+                        pairs(row, in_process.process, at, 1)
                 if count == 1 and all_threads is not None:  # right after the default, for the drift
                     at = (all_threads.grpc_port or 0) if protocol == "grpc" else all_threads.port
                     raw_before = raw_latency_ms(mlp_path, dense(512), RAW_BEFORE_RUNS, threads=cpus)
@@ -318,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
             warming = [(gateway.process, port), (fixed.process, fixed.port)]
             if all_threads is not None:
                 warming.append((all_threads.process, all_threads.port))
+            if in_process is not None:
+                warming.append((in_process.process, in_process.port))
             for process, at in warming:
                 measure(
                     "warm-up", process, at, "mlp", "binary", payloads["mlp"]["binary"], 0, max(args.duration / 2, 1.0),
@@ -345,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                         run(system, process, at, "mlp", "binary", rate=rate, share=share)
                     if share == shares[0] and all_threads is not None:
                         run(ALL_THREADS, all_threads.process, all_threads.port, "mlp", "binary", rate=rate, share=share)
+                    if share == shares[0] and in_process is not None:
+                        run(IN_PROCESS, in_process.process, in_process.port, "mlp", "binary", rate=rate, share=share)
                     turn += 1
         finally:
             fixed.stop()
@@ -352,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         gateway.stop()
         if all_threads is not None:
             all_threads.stop()
+        if in_process is not None:
+            in_process.stop()
 
     xl_rows: list[dict[str, Any]] = []
     if not args.no_xl:

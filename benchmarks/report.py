@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Row
-from benchmarks.targets import batch1_reference, best_peer, best_raw, fmt, pair_added, targets
+from benchmarks.targets import OURS, batch1_reference, best_peer, best_raw, fmt, pair_added, targets
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -203,7 +203,7 @@ def plot(rows: list[Row], out: Path) -> None:
     for label, points in sorted(series.items()):
         points.sort(key=lambda r: r.users)
         users = [r.users for r in points]
-        style = "-o" if label.startswith("batchgate") else "--s"
+        style = "-o" if points[0].system in OURS else "--s"
         left.plot(users, [r.items_per_s for r in points], style, label=label)
         middle.plot(users, [r.p99_ms for r in points], style, label=label)
     for axis, title, unit in ((left, "mlp: throughput", "items/s"), (middle, "mlp: p99 latency", "ms")):

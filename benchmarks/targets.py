@@ -24,7 +24,9 @@ def best_raw(raw: list[dict[str, Any]], model: str) -> dict[str, Any]:
 
 # batchgate with every worker's runs on all usable CPUs (pools.<pool>.threads = the CPU count)
 ALL_THREADS = "all-threads"
-OURS = ("batchgate", "fixed-delay", ALL_THREADS)
+# batchgate with the replicas in the gateway's own process (pools.<pool>.isolation: thread)
+IN_PROCESS = "in-process"
+OURS = ("batchgate", "fixed-delay", ALL_THREADS, IN_PROCESS)
 # The intra-op threads of the no-batching server and the peers (their --threads default;
 # peer_pytriton.py and peer_rayserve.py run in their own environments and repeat it)
 PEER_THREADS = 2
@@ -252,7 +254,12 @@ def targets(
                 f"{share:.2f}x raw best, the ceiling for any server; batchgate reaches "
                 f"**{xl.items_per_s / ceiling['items_per_s']:.2f}x** of it"
             )
-    for system, how in (("batchgate", ""), (ALL_THREADS, ", each worker's runs on all CPUs (`threads`: CPU count)")):
+    variants = (
+        ("batchgate", ""),
+        (IN_PROCESS, ", replicas in the gateway's process (`isolation: thread`)"),
+        (ALL_THREADS, ", each worker's runs on all CPUs (`threads`: CPU count)"),
+    )
+    for system, how in variants:
         for r in rows:
             if r.system == system and r.users == 1 and r.model == "mlp" and r.p50_ms is not None:
                 reference = batch1_reference(r, raw, latency, cpus)
@@ -313,15 +320,19 @@ def targets(
                 f"server CPU {ours.server_cpu_pct:.0f}% adaptive vs {fixed.server_cpu_pct:.0f}% fixed"
             )
         out.append(line)
-        wide = median_run(rows, ALL_THREADS, load)
-        wide_ratios = tail_ratios(rows, ALL_THREADS, load)
-        wide_ratio = middle(wide_ratios)
-        if wide is not None and wide.p99_ms and wide_ratio is not None:
-            out.append(
-                f"-    the same {_load_text(runs, short=True)} with each worker's runs on all CPUs ({ALL_THREADS}): "
-                f"p99/p50 median of {len(wide_ratios)} runs {_ratio(wide_ratio)}; median-p99 run p50 "
-                f"{fmt(wide.p50_ms)}, p99 {wide.p99_ms:.2f} ms against {ours.p99_ms:.2f} ms by default"
-            )
+        for system, how in (
+            (ALL_THREADS, "with each worker's runs on all CPUs"),
+            (IN_PROCESS, "with the replicas in the gateway's process"),
+        ):
+            other = median_run(rows, system, load)
+            other_ratios = tail_ratios(rows, system, load)
+            other_ratio = middle(other_ratios)
+            if other is not None and other.p99_ms and other_ratio is not None:
+                out.append(
+                    f"-    the same {_load_text(runs, short=True)} {how} ({system}): "
+                    f"p99/p50 median of {len(other_ratios)} runs {_ratio(other_ratio)}; median-p99 run p50 "
+                    f"{fmt(other.p50_ms)}, p99 {other.p99_ms:.2f} ms against {ours.p99_ms:.2f} ms by default"
+                )
     for r in rows:  # the real encoder: no target of its own, the same yardstick as target 2
         if r.system == "batchgate" and r.model == ENCODER and r.users == 64 and any(x["model"] == ENCODER for x in raw):
             best = best_raw(raw, ENCODER)
