@@ -158,6 +158,8 @@ class InProcessWorker:
     def _serve(self) -> None:
         self.settings.prepare_thread()
         while (job := self._jobs.get()) is not None:
+            if job.reply is None:
+                continue  # its timer answered it while it queued: nobody waits for this run
             outputs: Arrays | None = None
             busy: float | None = None
             failure: InferFailure | None = None

@@ -79,19 +79,34 @@ def test_answers_are_what_a_worker_process_sends_over_its_wire(tmp_path: Path) -
     asyncio.run(scenario())
 
 
+class CountingFaults(Faults):
+    """Faults that count the runs they were applied to (every run of a found model)."""
+
+    runs = 0
+
+    def apply(self, model: str) -> None:
+        self.runs += 1
+        super().apply(model)
+
+
 def test_a_late_answer_after_the_timeout_is_dropped_and_failures_carry_their_code(tmp_path: Path) -> None:
     models = _repository(tmp_path)
-    slow = RunSettings(1, ("auto",), faults=Faults(delay_s=0.3, models=frozenset({"identity_bf16"})))
+    faults = CountingFaults(delay_s=0.3, models=frozenset({"identity_bf16"}))
+    slow = RunSettings(1, ("auto",), faults=faults)
 
     async def scenario() -> None:
         worker = await InProcessWorker.start("unix:" + str(tmp_path / "b.sock"), models, slow, 1)
         try:
             late = await _submit(worker, "identity_bf16", _feeds(["BF16", "FP32"]), timeout_s=0.02)
+            queued = await _submit(worker, "identity_bf16", _feeds(["BF16", "FP32"]), timeout_s=0.02)
             assert len(late) == 1 and isinstance(late[0][2], DeadlineExceeded)
-            # One run thread: this batch runs after the slow one, whose answer reached the loop first.
+            assert isinstance(queued[0][2], DeadlineExceeded)
+            # One run thread: this batch runs after the slow one, whose answer reached the loop
+            # first; the batch that expired while it queued behind it never ran.
             [(_, _, missing)] = await _submit(worker, "nope", {})
             assert isinstance(missing, InferFailure) and missing.code == grpc.StatusCode.NOT_FOUND
-            assert len(late) == 1  # the slow run's own answer came and was dropped
+            assert len(late) == 1 and len(queued) == 1  # the slow run's own answer came and was dropped
+            assert faults.runs == 1
             [(_, _, bad)] = await _submit(worker, "identity", {"in_FP32": np.zeros((1, 3), np.float32)})
             assert isinstance(bad, InferFailure) and bad.code == grpc.StatusCode.INTERNAL
         finally:
