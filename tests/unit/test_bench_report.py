@@ -222,6 +222,23 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     assert "median of 3 runs 4.50" in extra and "p99 45.00 ms against 30.00 ms by default" in extra
 
 
+def test_the_in_process_gateway_is_ours_judged_on_one_thread_and_beside_the_default_at_70pct() -> None:
+    # Its 64-user row beats the peer: counted as a peer, it would be the bar target 1 must clear.
+    fast = _closed("in-process", "json", 9000.0, 20.0)
+    rounds = [_closed("batchgate", "json", 7000.0, 15.0), _closed("no-batching", "json", 3000.0, 30.0)]
+    (line,) = [line for line in targets([], {}, [fast], rounds) if "64 users, json" in line]
+    assert "the best peer (no-batching json, 3000)" in line and "— met" in line
+    lone = Row("in-process", "mlp", "json", 1, 300.0, 2.4, 4.8, 7.2, 0, 90.0, 300.0, 5.0, requests=3_000)
+    lone.lone_pairs = [[1.6, 2.2], [1.7, 2.3], [1.6, 2.5]]
+    raw = [{"model": "mlp", "batch": 1, "threads": 1, "items_per_s": 500.0}]
+    (three,) = [line for line in targets(raw, {"mlp": 1.8}, [lone], cpus=2) if line.startswith("- 3.")]
+    assert "json, replicas in the gateway's process (`isolation: thread`): **+0.600 ms**" in three
+    assert "raw batch-1 on 1 thread" in three and "— met;" in three
+    runs = [_open("batchgate", 10.0, 30.0)] * 3 + [_open("in-process", 10.0, p99) for p99 in (20.0, 25.0, 22.0)]
+    (extra,) = [line for line in targets([], {}, runs) if "in-process" in line]
+    assert "the replicas in the gateway's process" in extra and "median of 3 runs 2.20" in extra
+
+
 def test_target_2_with_rounds_compares_each_round_with_the_raw_run_just_before_it() -> None:
     # A slow spell during the raw sweep (its batch 64 at 400 items/s) must not decide the verdict:
     # with rounds, each gateway run is divided by the raw limit measured right before it.
