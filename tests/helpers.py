@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from gateway.child import ChildGateway
@@ -24,6 +25,7 @@ __all__ = [
     "ResponseReader",
     "child_pids",
     "free_port",
+    "identity_arrays",
     "identity_model",
     "write_model",
 ]
@@ -43,6 +45,28 @@ IDENTITY_TYPES = [
     "FP64",
     "BYTES",
 ]
+
+
+def identity_arrays(rows: int, seed: int, encoded: bool = False) -> dict[str, np.ndarray]:
+    """Inputs for :func:`identity_model`, one [rows, 3] array per datatype of IDENTITY_TYPES:
+    integers over their whole range, BYTES as non-ASCII text (UTF-8 bytes with ``encoded``)."""
+    from workers.dtypes import V2_TO_NUMPY
+
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for datatype in IDENTITY_TYPES:
+        dtype = V2_TO_NUMPY[datatype]
+        if datatype == "BYTES":
+            text = [[f"s{r}{c}é" for c in range(3)] for r in range(rows)]
+            arrays[datatype] = np.array([[t.encode() for t in row] for row in text] if encoded else text, dtype=object)
+        elif datatype == "BOOL":
+            arrays[datatype] = rng.integers(0, 2, size=(rows, 3)).astype(bool)
+        elif datatype.startswith("FP"):
+            arrays[datatype] = rng.standard_normal((rows, 3)).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            arrays[datatype] = rng.integers(info.min, info.max, size=(rows, 3), dtype=info.dtype, endpoint=True)
+    return arrays
 
 
 def identity_model(types: list[str] = IDENTITY_TYPES, width: int = 3) -> bytes:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from tests.helpers import IDENTITY_TYPES, GatewayProcess
+from tests.helpers import IDENTITY_TYPES, GatewayProcess, identity_arrays
 
 
 def _digits(rows: int, seed: int) -> np.ndarray:
@@ -77,18 +77,7 @@ def test_default_outputs_are_binary_and_complete(
 
 
 def _identity_inputs(binary: bool, rows: int = 2) -> tuple[list[httpclient.InferInput], dict[str, np.ndarray]]:
-    rng = np.random.default_rng(5)
-    arrays: dict[str, np.ndarray] = {}
-    for datatype in IDENTITY_TYPES:
-        if datatype == "BYTES":
-            arrays[datatype] = np.array([[f"s{r}{c}é" for c in range(3)] for r in range(rows)], dtype=object)
-        elif datatype == "BOOL":
-            arrays[datatype] = rng.integers(0, 2, size=(rows, 3)).astype(bool)
-        elif datatype.startswith("FP"):
-            arrays[datatype] = rng.standard_normal((rows, 3)).astype(httpclient.triton_to_np_dtype(datatype))
-        else:
-            info = np.iinfo(httpclient.triton_to_np_dtype(datatype))
-            arrays[datatype] = rng.integers(info.min, info.max, size=(rows, 3), dtype=info.dtype, endpoint=True)
+    arrays = identity_arrays(rows, seed=5)
     inputs = []
     for datatype, array in arrays.items():
         tensor = httpclient.InferInput(f"in_{datatype}", [rows, 3], datatype)

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import IDENTITY_TYPES, GatewayProcess, child_pids, identity_model, write_model
+from tests.helpers import IDENTITY_TYPES, GatewayProcess, child_pids, identity_arrays, identity_model, write_model
 
 THREAD_POOL = {"pools": {"default": {"isolation": "thread", "fault": {"models": ["digits_mlp"], "error_ratio": 1.0}}}}
 
@@ -38,22 +38,6 @@ def in_process(
         gateway.stop()
 
 
-def _arrays(rows: int = 2) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(11)
-    arrays: dict[str, np.ndarray] = {}
-    for datatype in IDENTITY_TYPES:
-        if datatype == "BYTES":
-            arrays[datatype] = np.array([[f"r{r}c{c}é".encode() for c in range(3)] for r in range(rows)], dtype=object)
-        elif datatype == "BOOL":
-            arrays[datatype] = rng.integers(0, 2, size=(rows, 3)).astype(bool)
-        elif datatype.startswith("FP"):
-            arrays[datatype] = rng.standard_normal((rows, 3)).astype(httpclient.triton_to_np_dtype(datatype))
-        else:
-            info = np.iinfo(httpclient.triton_to_np_dtype(datatype))
-            arrays[datatype] = rng.integers(info.min, info.max, size=(rows, 3), dtype=info.dtype, endpoint=True)
-    return arrays
-
-
 def test_no_worker_process_is_started(in_process: tuple[GatewayProcess, Path]) -> None:
     gateway, _root = in_process
     assert child_pids(gateway.process.pid) == []
@@ -61,41 +45,29 @@ def test_no_worker_process_is_started(in_process: tuple[GatewayProcess, Path]) -
     assert "started in-process replica 1" in gateway.log()
 
 
-@pytest.mark.parametrize("binary", [False, True])
-def test_every_datatype_round_trips_over_http(in_process: tuple[GatewayProcess, Path], binary: bool) -> None:
+@pytest.mark.parametrize("transport", ["json", "binary", "grpc"])
+def test_every_datatype_round_trips(in_process: tuple[GatewayProcess, Path], transport: str) -> None:
     gateway, _root = in_process
-    client = httpclient.InferenceServerClient(gateway.url)
-    arrays = _arrays()
-    inputs = []
-    for datatype, array in arrays.items():
-        tensor = httpclient.InferInput(f"in_{datatype}", list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
-        inputs.append(tensor)
-    outputs = [httpclient.InferRequestedOutput(f"out_{t}", binary_data=binary) for t in IDENTITY_TYPES]
-    result = client.infer("identity", inputs, outputs=outputs)
+    arrays = identity_arrays(3, seed=11, encoded=True)
+    if transport == "grpc":
+        tensors = [grpcclient.InferInput(f"in_{t}", list(a.shape), t) for t, a in arrays.items()]
+        for tensor, array in zip(tensors, arrays.values(), strict=True):
+            tensor.set_data_from_numpy(array)
+        result = grpcclient.InferenceServerClient(gateway.grpc_url).infer("identity", tensors)
+    else:
+        binary = transport == "binary"
+        inputs = [httpclient.InferInput(f"in_{t}", list(a.shape), t) for t, a in arrays.items()]
+        for tensor, array in zip(inputs, arrays.values(), strict=True):
+            tensor.set_data_from_numpy(array, binary_data=binary)
+        outputs = [httpclient.InferRequestedOutput(f"out_{t}", binary_data=binary) for t in IDENTITY_TYPES]
+        result = httpclient.InferenceServerClient(gateway.url).infer("identity", inputs, outputs=outputs)
     for datatype, sent in arrays.items():
         got = result.as_numpy(f"out_{datatype}")
-        if datatype == "BYTES":  # JSON gives str back, binary gives bytes
+        if datatype == "BYTES":  # JSON gives str back, binary and gRPC give bytes
             assert [g if isinstance(g, bytes) else g.encode() for g in got.reshape(-1)] == list(sent.reshape(-1))
         else:
             assert got.dtype == sent.dtype, datatype
             np.testing.assert_array_equal(got, sent)
-
-
-def test_every_datatype_round_trips_over_grpc(in_process: tuple[GatewayProcess, Path]) -> None:
-    gateway, _root = in_process
-    client = grpcclient.InferenceServerClient(gateway.grpc_url)
-    arrays = _arrays(rows=3)
-    inputs = []
-    for datatype, array in arrays.items():
-        tensor = grpcclient.InferInput(f"in_{datatype}", list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer("identity", inputs)
-    for datatype, sent in arrays.items():
-        got = result.as_numpy(f"out_{datatype}")
-        assert got.dtype == sent.dtype, datatype
-        np.testing.assert_array_equal(got, sent)
 
 
 def test_answers_match_onnx_runtime_and_a_failing_model_falls_back(
