@@ -131,8 +131,8 @@ class PoolConfig(Frozen):
         description="How local replicas run: 'process' = a worker process each, which a crash in ONNX Runtime "
         "takes down alone (the supervisor restarts it); 'thread' = inside the gateway's process, one ONNX "
         "Runtime session per replica run on the gateway's own threads, with no socket or protobuf between "
-        "(mlp, 1 user on 2 vCPUs: 0.1-0.5 ms less per request) but a native crash takes the gateway down with it, "
-        "and loading a model pauses the gateway while ONNX Runtime builds the session; README, Performance.",
+        "(mlp, 1 user on 2 vCPUs: 0.1-0.5 ms less per request), but a native crash in ONNX Runtime takes the "
+        "gateway down with it; README, Performance.",
     )
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ the same addresses, scaling and draining.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -134,9 +135,16 @@ class LocalSupervisor:
         return f"127.0.0.1:{free_port()}"
 
     async def start(self) -> None:
-        if self.config.isolation == "thread" and sys.getswitchinterval() > SWITCH_INTERVAL_S:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
-            log.info("pool %s runs in process: GIL switch interval %.1f ms", self.pool.name, SWITCH_INTERVAL_S * 1e3)
+        if self.config.isolation == "thread":
+            # ONNX Runtime's first import holds the GIL for about 40 ms: take that now, before
+            # the gateway serves, not when the autoscaler adds a replica under load. A missing
+            # runtime is reported by each replica's start.
+            with contextlib.suppress(ImportError):
+                import onnxruntime  # noqa: F401
+            if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+                sys.setswitchinterval(SWITCH_INTERVAL_S)
+                interval_ms = SWITCH_INTERVAL_S * 1e3
+                log.info("pool %s runs in process: GIL switch interval %.1f ms", self.pool.name, interval_ms)
         for _ in range(self.config.replicas):
             self.add_worker()
         self.metrics.replicas.labels(self.pool.name).set(len(self.workers))

@@ -114,3 +114,26 @@ def test_in_process_replicas_join_the_pool_scale_and_close(tmp_path: Path) -> No
         asyncio.run(scenario())
     finally:
         sys.setswitchinterval(before)
+
+
+def test_an_in_process_pool_imports_onnx_runtime_before_the_gateway_serves(tmp_path: Path) -> None:
+    """Its first import holds the GIL for about 40 ms; taken at start, not with a replica the
+    autoscaler adds under load (a fresh interpreter, since this one has it imported already)."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, sys
+from pathlib import Path
+from gateway.config import PoolConfig
+from gateway.metrics import Metrics
+from gateway.pool import PoolClient
+from gateway.supervisor import LocalSupervisor
+def start(isolation):
+    config = PoolConfig(replicas=0, isolation=isolation)
+    asyncio.run(LocalSupervisor(PoolClient("p"), config, lambda: [], Metrics(), Path(sys.argv[1])).start())
+    return "onnxruntime" in sys.modules
+print(start("process"), start("thread"))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "True"], done.stderr
