@@ -182,15 +182,7 @@ class InProcessWorker:
             raise InferFailure(grpc.StatusCode.UNAVAILABLE, "replica is draining")
         model = self.servicer.find(name, version)
         inputs = {key: text_feed(array) if array.dtype.kind in "OSU" else array for key, array in feeds.items()}
-        started = time.perf_counter_ns()
-        if self.settings.faults.active:
-            self.settings.faults.apply(model.name)
-        try:
-            results = model.run(inputs)
-        except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
-            log.warning("model %s:%s failed: %s", model.name, model.version, exc)
-            raise InferFailure(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}") from None
-        busy = (time.perf_counter_ns() - started) / 1e9
+        results, busy_ns = self.servicer.compute(model, inputs, [])
         outputs: Arrays = {}
         for spec, array in zip(model.outputs, results, strict=True):
             try:
@@ -202,7 +194,7 @@ class InProcessWorker:
             if datatype == "BYTES":
                 array = array_from_raw(datatype, array.shape, array_to_raw(array))
             outputs[spec.name] = array
-        return outputs, busy
+        return outputs, busy_ns / 1e9
 
     async def close(self, timeout_s: float) -> None:
         """Refuse batches from now on (the pool drained this replica first), wait (bounded) for a

@@ -110,6 +110,20 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         except (ValueError, IndexError) as exc:
             raise InferFailure(grpc.StatusCode.INVALID_ARGUMENT, f"input decoding failed: {exc}") from None
         names = [output.name for output in request.outputs]
+        results, busy_ns = self.compute(model, feeds, names)
+        response = service_pb2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        # The gateway fits its batch-closing rule to the time the worker is really busy.
+        response.parameters[COMPUTE_NS].int64_param = busy_ns
+        for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
+            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            response.raw_output_contents.append(array_to_raw(array))
+        return response
+
+    def compute(
+        self, model: LoadedModel, feeds: dict[str, np.ndarray[Any, Any]], names: list[str]
+    ) -> tuple[list[np.ndarray[Any, Any]], int]:
+        """Run decoded feeds with the injected faults; the outputs and the ns the run kept this busy.
+        Raises :class:`InferFailure` (INTERNAL) when the model fails."""
         started = time.perf_counter_ns()
         if self.faults.active:
             self.faults.apply(model.name)
@@ -118,13 +132,7 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
         except Exception as exc:  # ORT raises its own exception types for bad feeds and kernel errors
             log.warning("model %s:%s failed: %s", model.name, model.version, exc)
             raise InferFailure(grpc.StatusCode.INTERNAL, f"model {model.name} failed: {exc}") from None
-        response = service_pb2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        # The gateway fits its batch-closing rule to the time the worker is really busy.
-        response.parameters[COMPUTE_NS].int64_param = time.perf_counter_ns() - started
-        for name, array in zip(names or [s.name for s in model.outputs], results, strict=True):
-            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            response.raw_output_contents.append(array_to_raw(array))
-        return response
+        return results, time.perf_counter_ns() - started
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
