@@ -40,16 +40,36 @@ def test_lone_request_closes_at_once_even_with_a_long_delay() -> None:
     asyncio.run(scenario())
 
 
-def test_cheap_batches_close_at_once_even_under_traffic() -> None:
-    """CPU-like model: rows arriving during the per-batch overhead are fewer than those queued."""
+def test_cheap_batches_close_at_once_when_the_next_request_is_due_after_the_delay() -> None:
+    """CPU-like model: rows arriving during the per-batch overhead are fewer than those queued,
+    and at one request per 3 ms the next is due after the 4 ms delay has run out."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        batcher = _batcher(clock, fixed_s=0.0002, max_queue_delay_us=4_000, max_batch_size=32)
+        head = batcher.submit(_checked(), deadline=clock.now() + 1)
+        for _ in range(2):
+            clock.advance(0.003)
+            batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) <= 0
+
+    asyncio.run(scenario())
+
+
+def test_cheap_batches_wait_under_sustained_traffic_until_no_one_is_due() -> None:
+    """The same model at one request per 0.5 ms: the slot-throughput test alone (0.4 rows due
+    during the 0.2 ms per-batch cost, against 6 queued) would close now, but more requests are
+    due before the delay runs out, so the batch grows as a fixed delay's would."""
 
     async def scenario() -> None:
         clock = FakeClock()
         batcher = _batcher(clock, fixed_s=0.0002, max_queue_delay_us=10_000, max_batch_size=32)
         head = batcher.submit(_checked(), deadline=clock.now() + 1)
         for _ in range(5):
-            clock.advance(0.001)
+            clock.advance(0.0005)
             batcher.submit(_checked(), deadline=clock.now() + 1)
+        assert batcher.close_in(head, clock.now()) == pytest.approx(0.0075)
+        clock.advance(0.0074)  # no one joined for 7.4 ms: the rate has fallen below one per 0.1 ms left
         assert batcher.close_in(head, clock.now()) <= 0
 
     asyncio.run(scenario())
