@@ -13,6 +13,7 @@ from gateway.errors import Overloaded
 from gateway.metrics import Metrics
 from gateway.model_config import BatchingConfig
 from gateway.pool import PoolClient
+from gateway.request_queue import Pending
 from gateway.validation import CheckedRequest
 
 
@@ -28,6 +29,15 @@ def _batcher(clock: FakeClock, fixed_s: float = 0.0, **batching: object) -> Mode
         for rows in (1, 8, 1, 8):
             batcher.latency.observe(rows, fixed_s + 0.001 * rows)
     return batcher
+
+
+def _arrivals(batcher: ModelBatcher, clock: FakeClock, joining: int, gap_s: float) -> Pending:
+    """One request, then ``joining`` more ``gap_s`` apart, each with a 1 s deadline; the first."""
+    head = batcher.submit(_checked(), deadline=clock.now() + 1)
+    for _ in range(joining):
+        clock.advance(gap_s)
+        batcher.submit(_checked(), deadline=clock.now() + 1)
+    return head
 
 
 def test_lone_request_closes_at_once_even_with_a_long_delay() -> None:
@@ -47,10 +57,7 @@ def test_cheap_batches_close_at_once_when_the_next_request_is_due_after_the_dela
     async def scenario() -> None:
         clock = FakeClock()
         batcher = _batcher(clock, fixed_s=0.0002, max_queue_delay_us=4_000, max_batch_size=32)
-        head = batcher.submit(_checked(), deadline=clock.now() + 1)
-        for _ in range(2):
-            clock.advance(0.003)
-            batcher.submit(_checked(), deadline=clock.now() + 1)
+        head = _arrivals(batcher, clock, 2, 0.003)
         assert batcher.close_in(head, clock.now()) <= 0
 
     asyncio.run(scenario())
@@ -64,10 +71,7 @@ def test_cheap_batches_wait_under_sustained_traffic_until_no_one_is_due() -> Non
     async def scenario() -> None:
         clock = FakeClock()
         batcher = _batcher(clock, fixed_s=0.0002, max_queue_delay_us=10_000, max_batch_size=32)
-        head = batcher.submit(_checked(), deadline=clock.now() + 1)
-        for _ in range(5):
-            clock.advance(0.0005)
-            batcher.submit(_checked(), deadline=clock.now() + 1)
+        head = _arrivals(batcher, clock, 5, 0.0005)
         assert batcher.close_in(head, clock.now()) == pytest.approx(0.0075)
         clock.advance(0.0074)  # no one joined for 7.4 ms: the rate has fallen below one per 0.1 ms left
         assert batcher.close_in(head, clock.now()) <= 0
@@ -79,10 +83,7 @@ def test_costly_batches_wait_while_requests_keep_joining_then_close_at_the_delay
     async def scenario() -> None:
         clock = FakeClock()
         batcher = _batcher(clock, fixed_s=0.010, max_queue_delay_us=10_000, max_batch_size=32)
-        head = batcher.submit(_checked(), deadline=clock.now() + 1)
-        for _ in range(5):
-            clock.advance(0.001)
-            batcher.submit(_checked(), deadline=clock.now() + 1)
+        head = _arrivals(batcher, clock, 5, 0.001)
         wait = batcher.close_in(head, clock.now())
         assert 0 < wait <= 0.005 + 1e-9
         clock.advance(0.005)
