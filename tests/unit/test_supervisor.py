@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,6 @@ def test_workers_of_a_confined_gateway_get_back_the_cpus_it_had(
 def test_in_process_replicas_join_the_pool_scale_and_close(tmp_path: Path) -> None:
     """``isolation: thread``: real ONNX Runtime sessions in this process, no worker process."""
     import asyncio
-    import sys
 
     from gateway.repository import ModelVersion
     from tests.helpers import identity_model, write_model
@@ -119,9 +120,6 @@ def test_in_process_replicas_join_the_pool_scale_and_close(tmp_path: Path) -> No
 def test_an_in_process_pool_imports_onnx_runtime_before_the_gateway_serves(tmp_path: Path) -> None:
     """Its first import holds the GIL for about 40 ms; taken at start, not with a replica the
     autoscaler adds under load (a fresh interpreter, since this one has it imported already)."""
-    import subprocess
-    import sys
-
     script = """
 import asyncio, sys
 from pathlib import Path
