@@ -61,6 +61,10 @@ PROTOCOLS = ("json", "binary", "grpc")
 RAW_BEFORE_RUNS = 1000  # raw batch-1 runs right before each 1-user row (2-3 s of mlp here)
 PAIR_RAW_RUNS = 300  # raw batch-1 runs of each target-3 pair (under a second of mlp here)
 PAIR_SECONDS = 2.0  # measured seconds of each target-3 pair's 1-user run
+# Idle before each run of a pair's second raw measurement: about the gap between a 1-user
+# server's runs. After 1 ms of sleep, or of spinning, raw batch 1 ran 0.25-0.45 ms slower than
+# back to back on both AMD VMs (HISTORY, the nineteenth and twenty-ninth sessions).
+PAIR_IDLE_S = 0.001
 
 
 def cpu_model(cpuinfo: str | None = None) -> str | None:
@@ -265,15 +269,18 @@ def main(argv: list[str] | None = None) -> None:
     mlp_path = main_repo / "mlp" / "1" / "model.onnx"
 
     def pairs(row: Row, server: Any, port: int, threads: int) -> None:
-        """Target 3's pairs for ``row``: raw batch 1 on ``threads``, then a short 1-user run."""
+        """Target 3's pairs for ``row``: raw batch 1 on ``threads`` back to back, and with
+        ``PAIR_IDLE_S`` of idle before each run (how a 1-user server's runs come), then a
+        short 1-user run."""
         for _ in range(args.lone_pairs):
             raw_p50 = raw_latency_ms(mlp_path, dense(512), PAIR_RAW_RUNS, threads=threads)
+            spaced_p50 = raw_latency_ms(mlp_path, dense(512), PAIR_RAW_RUNS, threads=threads, idle_s=PAIR_IDLE_S)
             pair = measure(
                 row.system, server, port, "mlp", row.protocol, payloads["mlp"][row.protocol], 1, PAIR_SECONDS,
                 min(args.warmup, 0.5),
             )  # fmt: skip
             if pair.p50_ms is not None:
-                row.lone_pairs.append([raw_p50, pair.p50_ms])
+                row.lone_pairs.append([raw_p50, pair.p50_ms, spaced_p50])
         print(f"  {row.system} {row.protocol} target-3 pairs, added over raw batch 1: {pairs_text(row)} ms", flush=True)
 
     try:

@@ -95,12 +95,17 @@ def xl_rounds(
     return out
 
 
-def raw_latency_ms(model_path: Path, make_feed: Feeds, runs: int = 2000, threads: int = 1) -> float:
-    """p50 of batch-1 session.run, by default on one thread (what one worker replica does)."""
+def raw_latency_ms(
+    model_path: Path, make_feed: Feeds, runs: int = 2000, threads: int = 1, idle_s: float = 0.0
+) -> float:
+    """p50 of batch-1 session.run, by default on one thread (what one worker replica does),
+    back to back, or with ``idle_s`` of sleep before each run (as a server's runs come)."""
     session = cpu_session(model_path, threads)
     feed = make_feed(1)
     samples = []
     for _ in range(runs):
+        if idle_s:
+            time.sleep(idle_s)
         begin = time.perf_counter()
         session.run(None, feed)
         samples.append(time.perf_counter() - begin)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Row
-from benchmarks.targets import OURS, batch1_reference, best_peer, best_raw, fmt, pair_added, targets
+from benchmarks.targets import OURS, batch1_reference, best_peer, best_raw, fmt, pair_added, pair_spaced, targets
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -183,6 +183,9 @@ def markdown(
         if reference is not None and r.p50_ms is not None:
             base, label = reference
             pairs = f"; median of {len(r.lone_pairs)} pairs +{pair_added(r):.3f} ms" if r.lone_pairs else ""
+            spaced = pair_spaced(r)
+            if spaced is not None:
+                pairs += f" ({spaced[1]:+.3f} over raw batch-1 with 1 ms idle before each run)"
             lines.append(f"- {r.system} `{r.model}` {r.protocol}: +{r.p50_ms - base:.3f} ms over {label}{pairs}")
     lines += ["", "![throughput, p99 and latency CDF](core.png)", ""]
     return "\n".join(lines)

@@ -83,12 +83,38 @@ def batch1_reference(
 
 def pair_added(row: Row) -> float:
     """Target 3's added latency from ``row``'s pairs: the median of (1-user p50 - raw batch-1 p50)."""
-    return float(statistics.median(p50 - raw for raw, p50 in row.lone_pairs))
+    return float(statistics.median(p50 - raw for raw, p50, *_ in row.lone_pairs))
 
 
 def pairs_text(row: Row) -> str:
     """Each of ``row``'s target-3 pairs as the latency it added, for the log and the report."""
-    return ", ".join(f"+{p50 - raw:.2f}" for raw, p50 in row.lone_pairs)
+    return ", ".join(f"+{p50 - raw:.2f}" for raw, p50, *_ in row.lone_pairs)
+
+
+def pair_spaced(row: Row) -> tuple[float, float] | None:
+    """From pairs that also timed raw batch 1 with idle before each run (runs since the
+    twenty-ninth session): the median of that raw p50, and the median of (1-user p50 - it).
+    None for older runs. The second is what the server adds beyond the model's own slowdown
+    when its runs do not come back to back; target 3's verdict does not use it."""
+    spaced = [(p50, rest[0]) for _, p50, *rest in row.lone_pairs if rest]
+    if not spaced:
+        return None
+    return (
+        float(statistics.median(raw for _, raw in spaced)),
+        float(statistics.median(p50 - raw for p50, raw in spaced)),
+    )
+
+
+def spaced_text(row: Row) -> str:
+    """Target 3's line's note on raw batch 1 with idle before each run, where the pairs have it."""
+    spaced = pair_spaced(row)
+    if spaced is None:
+        return ""
+    raw, added = spaced
+    return (
+        f"; over raw batch-1 with 1 ms idle before each run (median {raw:.3f} ms, as the server's runs "
+        f"come), {added:+.3f} ms"
+    )
 
 
 def lone_verdict(added_ms: float) -> str:
@@ -284,7 +310,7 @@ def targets(
                     "right after it (each pair "
                     f"{pairs_text(r)}) — "
                     f"{lone_verdict(paired)}; the row alone: p50 {r.p50_ms:.3f} ms, "
-                    f"+{added:.3f} over {label} ({base:.3f} ms)"
+                    f"+{added:.3f} over {label} ({base:.3f} ms)" + spaced_text(r)
                 )
     loads = sorted({r.open_load() for r in rows if r.rate}, reverse=True)
     for load in loads:

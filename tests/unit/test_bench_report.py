@@ -213,6 +213,13 @@ def test_the_all_threads_gateway_is_ours_and_reported_beside_the_default() -> No
     drifted.lone_pairs = [[2.0, 2.9], [2.2, 3.1], [2.5, 3.7]]
     (paired,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
     assert "**+0.900 ms**" in paired and "— met;" in paired
+    assert "idle before each run" not in paired  # older runs timed raw batch 1 back to back only
+    # Pairs that also timed raw batch 1 with idle before each run say what the server adds
+    # beyond that, beside the verdict, which stays on the back-to-back runs.
+    drifted.lone_pairs = [[2.0, 3.3, 2.4], [2.2, 3.3, 2.6], [2.5, 3.2, 2.9]]
+    (spaced,) = [line for line in targets(raw, {"mlp": 1.8}, [drifted], cpus=2) if line.startswith("- 3.")]
+    assert "**+1.100 ms**" in spaced and "— NOT met" in spaced
+    assert spaced.endswith("with 1 ms idle before each run (median 2.600 ms, as the server's runs come), +0.700 ms")
     # A sweep without that thread count gives no verdict rather than one against 1 thread.
     (unjudged,) = [line for line in targets(raw, {"mlp": 1.8}, served[1:], cpus=4) if line.startswith("- 3.")]
     assert "no verdict" in unjudged and "met" not in unjudged
