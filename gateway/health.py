@@ -5,7 +5,9 @@ builder) holds, per input feature, quantile bin edges and the reference share of
 The router offers a sampled fraction of requests; a background task bins them per feature
 every tick, keeps a sliding window of counts, and computes the population stability index
 PSI = Σ (actual - expected) · ln(actual / expected) per feature and their mean. Nothing of
-this runs on the request path beyond a random draw and a deque append.
+this runs on the request path beyond a random draw and a deque append. The tick runs on the
+event loop, so its cost does not grow with the window: the window's totals are kept up to
+date as ticks enter and leave it, and a tick that changes neither leaves the scores alone.
 """
 
 from __future__ import annotations
@@ -43,15 +45,27 @@ def psi(actual: npt.NDArray[Any], expected: npt.NDArray[Any]) -> float:
 
 
 class DriftMonitor:
-    """Sliding-window PSI of one model version's live inputs against its profile."""
+    """Sliding-window PSI of one model version's live inputs against its profile.
+
+    Counts are kept per feature and bin in one array (features x the widest feature's
+    bins; a feature with fewer bins has zeros in the rest, which add nothing to its PSI).
+    """
 
     def __init__(self, profile: dict[str, Any], sample_ratio: float, window_ticks: int, max_pending: int = 512) -> None:
         self.input = profile["input"]
-        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in profile["features"]]
-        self.reference = [np.asarray(f["reference"], dtype=np.float64) for f in profile["features"]]
+        features = profile["features"]
+        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in features]
+        self.bins = max((len(edges) + 1 for edges in self.edges), default=1)
+        reference = np.zeros((len(features), self.bins))
+        for index, feature in enumerate(features):
+            shares = np.asarray(feature["reference"], dtype=np.float64)
+            reference[index, : len(shares)] = shares
+        self._expected = np.clip(reference, EPSILON, None)
         self.sample_ratio = sample_ratio
         self.pending: deque[npt.NDArray[Any]] = deque(maxlen=max_pending)
-        self.window: deque[list[npt.NDArray[Any]]] = deque(maxlen=window_ticks)
+        # One entry per tick: that tick's counts, or None when it sampled nothing.
+        self.window: deque[npt.NDArray[np.int64] | None] = deque(maxlen=window_ticks)
+        self.totals = np.zeros((len(features), self.bins), dtype=np.int64)
         self.scores: list[float] = []
         self.rows = 0
 
@@ -70,23 +84,41 @@ class DriftMonitor:
                 self.pending.append(array)
 
     def tick(self) -> None:
-        """Bin what was sampled since the last tick and recompute the window's PSI."""
-        counts = [np.zeros(len(e) + 1) for e in self.edges]
-        if self.pending:
-            batch = np.concatenate([a.reshape(len(a), -1) for a in self.pending]).astype(np.float64)
-            self.pending.clear()
-            if batch.shape[1] == len(self.edges):
-                for index, edges in enumerate(self.edges):
-                    counts[index] += np.bincount(
-                        np.searchsorted(edges, batch[:, index], side="right"), minlength=len(edges) + 1
-                    )
+        """Bin what was sampled since the last tick, slide the window, and recompute the PSI
+        if anything entered or left it."""
+        counts = self._bin_pending() if self.pending else None
+        full = self.window.maxlen is not None and len(self.window) == self.window.maxlen
+        leaving = self.window[0] if full and self.window else None
         self.window.append(counts)
-        totals = [np.sum([tick[i] for tick in self.window], axis=0) for i in range(len(self.edges))]
-        self.rows = int(totals[0].sum()) if totals else 0
+        if counts is None and leaving is None:
+            return  # the window holds the same rows: the scores stand
+        if leaving is not None:
+            self.totals -= leaving
+        if counts is not None:
+            self.totals += counts
+        self.rows = int(self.totals[0].sum()) if len(self.totals) else 0
         if self.rows:
-            self.scores = [psi(total / total.sum(), ref) for total, ref in zip(totals, self.reference, strict=True)]
+            actual = np.clip(self.totals / self.rows, EPSILON, None)
+            self.scores = np.sum((actual - self._expected) * np.log(actual / self._expected), axis=1).tolist()
         else:
             self.scores = []
+
+    def _bin_pending(self) -> npt.NDArray[np.int64] | None:
+        """The pending samples' counts per feature and bin (None if their width is not the
+        profile's), and the pending list emptied."""
+        batch = np.concatenate([a.reshape(len(a), -1) for a in self.pending]).astype(np.float64)
+        self.pending.clear()
+        features = len(self.edges)
+        if batch.shape[1] != features or not len(batch):
+            return None
+        index = np.empty(batch.shape, dtype=np.int64)
+        for feature, edges in enumerate(self.edges):
+            index[:, feature] = np.searchsorted(edges, batch[:, feature], side="right")
+        index += np.arange(features, dtype=np.int64) * self.bins  # one bincount for every feature
+        counts: npt.NDArray[np.int64] = np.bincount(index.ravel(), minlength=features * self.bins).reshape(
+            features, self.bins
+        )
+        return counts
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         if not self.scores:
