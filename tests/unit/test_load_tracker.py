@@ -33,3 +33,20 @@ def test_finishing_a_request_allocates_nothing_the_collector_tracks() -> None:
         tracker.admitted(None)
         tracker.finished(0.01)
     assert len(gc.get_objects()) - before < 50
+
+
+def test_p99_is_the_nearest_rank_of_a_full_sort_for_lists_and_arrays() -> None:
+    import math
+
+    import numpy as np
+
+    assert p99([]) is None and p99(np.array([])) is None
+    rng = np.random.default_rng(11)
+    for size in (1, 2, 99, 100, 101, 1_000, 12_345):
+        values = rng.exponential(0.01, size)
+        ordered = sorted(values.tolist())
+        expected = ordered[min(size - 1, math.ceil(0.99 * size) - 1)]
+        assert p99(values) == expected, size
+        assert p99(values.tolist()) == expected, size
+    window = LoadTracker(FakeClock()).latencies(10)
+    assert p99(window) is None  # nothing finished yet
