@@ -50,3 +50,22 @@ def test_p99_is_the_nearest_rank_of_a_full_sort_for_lists_and_arrays() -> None:
         assert p99(values.tolist()) == expected, size
     window = LoadTracker(FakeClock()).latencies(10)
     assert p99(window) is None  # nothing finished yet
+
+
+def test_clients_counts_those_seen_in_the_window_however_they_interleave() -> None:
+    clock = FakeClock()
+    tracker = LoadTracker(clock)
+    for client in ("a", "b", "c"):
+        tracker.admitted(client)
+        tracker.finished(0.001)
+        clock.advance(1.0)
+    tracker.admitted("a")  # "a" again: now the most recently seen
+    tracker.finished(0.001)
+    clock.advance(1.0)  # now 4: a at 3, b at 1, c at 2
+    assert tracker.clients(10.0) == 3
+    assert tracker.clients(2.5) == 2  # b (seen at 1) is forgotten; a and c remain
+    assert tracker.clients(10.0) == 2  # forgotten for good
+    tracker.admitted(None)  # no client id: counted in flight, not as a client
+    tracker.finished(0.001)
+    clock.advance(5.0)
+    assert tracker.clients(3.0) == 0
