@@ -61,14 +61,14 @@ def tick_cost(features: int, window_ticks: int = 150, rows_per_tick: int = 20, t
     monitor = DriftMonitor(build_profile(rng.normal(size=(2_000, features)), "input"), 1.0, window_ticks)
     sample = rng.normal(size=(rows_per_tick, features)).astype(np.float32)
     for _ in range(window_ticks):
-        monitor.pending.append(sample)
+        monitor.offer({"input": sample})  # sample_ratio 1.0: always kept
         monitor.tick()
     idle, busy = [], []
     for _ in range(ticks):
         begin = time.perf_counter()
         monitor.tick()
         idle.append(time.perf_counter() - begin)
-        monitor.pending.append(sample)
+        monitor.offer({"input": sample})
         begin = time.perf_counter()
         monitor.tick()
         busy.append(time.perf_counter() - begin)

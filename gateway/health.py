@@ -38,10 +38,17 @@ def build_profile(data: npt.NDArray[Any], input_name: str, bins: int = 10) -> di
     return {"input": input_name, "rows": len(rows), "features": features}
 
 
-def psi(actual: npt.NDArray[Any], expected: npt.NDArray[Any]) -> float:
+def psi_each(actual: npt.NDArray[Any], expected: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """PSI along the last axis: one value per feature for (features x bins) shares."""
     a = np.clip(actual, EPSILON, None)
     e = np.clip(expected, EPSILON, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+    result: npt.NDArray[np.float64] = np.sum((a - e) * np.log(a / e), axis=-1)
+    return result
+
+
+def psi(actual: npt.NDArray[Any], expected: npt.NDArray[Any]) -> float:
+    """PSI of one feature's bin shares against its reference shares."""
+    return float(psi_each(actual, expected))
 
 
 class DriftMonitor:
@@ -60,7 +67,7 @@ class DriftMonitor:
         for index, feature in enumerate(features):
             shares = np.asarray(feature["reference"], dtype=np.float64)
             reference[index, : len(shares)] = shares
-        self._expected = np.clip(reference, EPSILON, None)
+        self.reference = reference
         self.sample_ratio = sample_ratio
         self.pending: deque[npt.NDArray[Any]] = deque(maxlen=max_pending)
         # One entry per tick: that tick's counts, or None when it sampled nothing.
@@ -98,8 +105,7 @@ class DriftMonitor:
             self.totals += counts
         self.rows = int(self.totals[0].sum()) if len(self.totals) else 0
         if self.rows:
-            actual = np.clip(self.totals / self.rows, EPSILON, None)
-            self.scores = np.sum((actual - self._expected) * np.log(actual / self._expected), axis=1).tolist()
+            self.scores = psi_each(self.totals / self.rows, self.reference).tolist()
         else:
             self.scores = []
 
