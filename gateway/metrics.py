@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -130,3 +136,41 @@ class Metrics:
         self.worker_restarts = Counter(
             "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
         )
+
+
+# How long one scrape may hold the event loop before it lets other work run.
+EXPOSITION_SLICE_S = 0.002
+
+
+class _Family(Collector):
+    """One collected metric family, as a collector ``generate_latest`` can render on its own."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterable[Metric]:
+        return (self.family,)
+
+
+async def exposition(registry: CollectorRegistry, slice_s: float | None = None) -> bytes:
+    """The text exposition of ``registry``, byte for byte what ``generate_latest`` writes,
+    rendered on the event loop in slices of about ``slice_s`` (default :data:`EXPOSITION_SLICE_S`).
+
+    ``generate_latest`` takes about 0.9 ms per model served (4 histograms of 25 lines each,
+    counters and gauges; 7 us a line), all in one go: 3.6 ms for the demo repository, 43 ms
+    for 50 models, and every request in flight waits behind it. Rendered family by family
+    (its text does not depend on the other families), the loop gets a turn between families
+    once a slice is used up, so one scrape holds it at most for the slice plus the largest
+    family. A family is collected and rendered at once; the families are not one snapshot,
+    which Prometheus does not expect either.
+    """
+    if slice_s is None:
+        slice_s = EXPOSITION_SLICE_S
+    parts: list[bytes] = []
+    until = time.perf_counter() + slice_s
+    for family in registry.collect():
+        parts.append(generate_latest(_Family(family)))
+        if time.perf_counter() >= until:
+            await asyncio.sleep(0)
+            until = time.perf_counter() + slice_s
+    return b"".join(parts)

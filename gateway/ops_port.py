@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import httptools
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.auth import Authenticator
 from gateway.codec.v2http import error_body
 from gateway.config import LimitsConfig
 from gateway.errors import BatchgateError
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.rest.auth import authorize
 from gateway.rest.direct import STATUS_LINES
 from gateway.rest.protocol import canned_response
@@ -40,6 +40,7 @@ MAX_CONNECTIONS = 64  # kubelet probes and a few scrapers; not a second front do
 IDLE_TIMEOUT_S = 5.0  # as the HTTP port's keep-alive
 PATHS = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
 Response = tuple[int, bytes, bytes, bytes]  # status, content type, body, extra header lines
+Later = Coroutine[Any, Any, Response]  # an answer that takes turns of the event loop to make
 
 
 class OpsPort:
@@ -73,7 +74,8 @@ class OpsPort:
             connection.close()
         await self._server.wait_closed()
 
-    def respond(self, method: bytes, path: str, authorization: str | None) -> Response:
+    def respond(self, method: bytes, path: str, authorization: str | None) -> Response | Later:
+        """The answer, or for a scrape the coroutine that renders it between other work."""
         if path not in PATHS:
             message = f"{path} is not served here: this port serves {', '.join(sorted(PATHS))}"
             return 404, b"application/json", error_body(message), b""
@@ -85,10 +87,13 @@ class OpsPort:
             except BatchgateError as exc:
                 return exc.http_status, b"application/json", error_body(exc.message), b""
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.metrics.registry), b""
+            return self._scrape()
         if path == "/v2/health/ready" and not self.ready():
             return 503, b"text/plain", b"", b""
         return 200, b"text/plain", b"", b""
+
+    async def _scrape(self) -> Response:
+        return 200, CONTENT_TYPE_LATEST.encode(), await exposition(self.metrics.registry), b""
 
 
 def _head(status: int, content_type: bytes, length: int, extra: bytes, keep_alive: bool) -> bytes:
@@ -108,6 +113,8 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._authorization: str | None = None
         self._request_bytes = 0  # of the request being read
+        # The answer being made while the loop turns (a scrape); later answers queue behind it.
+        self._pending: asyncio.Task[None] | None = None
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,15 +168,44 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         method = self.parser.get_method()
         path = httptools.parse_url(self._url).path.decode("latin-1")
-        status, content_type, body, extra = self.port.respond(method, path, self._authorization)
+        reply = self.port.respond(method, path, self._authorization)
         keep_alive = self.parser.should_keep_alive()
+        self._request_bytes = 0
+        if self._pending is None and isinstance(reply, tuple):
+            self._send(method, reply, keep_alive)
+            return
+        # Answers go out in the order asked, so this one waits for any before it. Reading
+        # stops meanwhile; requests already read (pipelined) queue up here.
+        self._disarm()
+        self.transport.pause_reading()
+        self._pending = asyncio.ensure_future(self._send_later(self._pending, method, reply, keep_alive))
+
+    async def _send_later(
+        self, before: asyncio.Task[None] | None, method: bytes, reply: Response | Later, keep_alive: bool
+    ) -> None:
+        if before is not None:
+            await before
+        try:
+            answer = reply if isinstance(reply, tuple) else await reply
+        except Exception:  # a collector that fails must not leave the connection waiting
+            log.exception("rendering /metrics failed")
+            answer = 500, b"application/json", error_body("the metrics could not be rendered"), b""
+        if asyncio.current_task() is self._pending:
+            self._pending = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            self._send(method, answer, keep_alive)
+
+    def _send(self, method: bytes, answer: Response, keep_alive: bool) -> None:
+        assert self.transport is not None
+        status, content_type, body, extra = answer
         head = _head(status, content_type, len(body), extra, keep_alive)
         self.transport.write(head if method == b"HEAD" else head + body)
-        self._request_bytes = 0
-        if keep_alive:
-            self._arm(IDLE_TIMEOUT_S)
-        else:
+        if not keep_alive:
             self.transport.close()
+        elif self._pending is None:
+            self._arm(IDLE_TIMEOUT_S)
 
     # -- errors and timers -------------------------------------------------------------------
     def _fail(self, status: int, message: str) -> None:
@@ -189,7 +225,7 @@ class _Connection(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._pending is not None:
             return
         if self._request_bytes:
             self._fail(408, "the request took too long to arrive")

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,7 +17,7 @@ from gateway.codec.v2http import error_body, json_object
 from gateway.config import LimitsConfig
 from gateway.dataplane import DataPlane
 from gateway.errors import BatchgateError, InvalidInput, NotFound
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.rest.body import read_body
 from gateway.rest.infer import error_answer
 
@@ -104,7 +104,7 @@ class RestAPI:
         return _json({"model": request.path_params["model"], "version": version})
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- application ---------------------------------------------------------------------------------
     def routes(self) -> list[Route]:

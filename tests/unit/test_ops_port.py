@@ -14,7 +14,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
+from gateway import metrics as metrics_module
 from gateway import ops_port
 from gateway.auth import Authenticator, Principal, hash_token
 from gateway.config import LimitsConfig
@@ -197,3 +200,62 @@ def test_a_closed_connection_is_freed_without_the_collector() -> None:
         run(check)
     finally:
         gc.enable()
+
+
+def test_answers_pipelined_behind_a_scrape_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape is rendered between other work, so the answers asked after it on the same
+    connection must wait for it and go out in the order asked."""
+    monkeypatch.setattr(metrics_module, "EXPOSITION_SLICE_S", 0.0)  # a loop turn after every family
+
+    async def check(port: OpsPort, number: int) -> None:
+        for model in range(20):
+            port.metrics.request_duration.labels(f"m{model}", "1").observe(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(
+            request("GET", "/metrics")
+            + request("GET", "/v2/health/ready")
+            + request("HEAD", "/metrics")
+            + request("GET", "/nowhere")
+            + request("GET", "/metrics")
+        )
+        last_line = b'batchgate_request_duration_seconds_count{model="m19",version="1"} 1.0\n'
+        status, _, first = await response(reader)
+        assert status == 200 and last_line in first
+        assert (await response(reader))[:3:2] == (200, b"")
+        status, headers, _ = await response(reader, head_only=True)
+        # The process's own CPU and memory lines change from one render to the next.
+        assert status == 200 and abs(int(headers["content-length"]) - len(first)) < 100
+        assert (await response(reader))[0] == 404
+        status, _, last = await response(reader)
+        assert status == 200 and last_line in last
+        # Still kept alive, and reading again.
+        writer.write(request("GET", "/v2/health/live"))
+        assert (await response(reader))[0] == 200
+        await shut(writer)
+
+    run(check)
+
+
+class _Broken:
+    """A collector that fails while collecting, as a buggy custom collector would."""
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("broken", "fails when collected")]
+
+    def collect(self) -> list[Metric]:
+        raise RuntimeError("this collector is broken")
+
+
+def test_a_failing_collector_gets_a_500_and_the_connection_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def check(port: OpsPort, number: int) -> None:
+        port.metrics.registry.register(_Broken())
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(request("GET", "/metrics") + request("GET", "/v2/health/live"))
+        status, headers, body = await response(reader)
+        assert status == 500 and headers["content-type"] == "application/json"
+        assert json.loads(body) == {"error": "the metrics could not be rendered"}
+        assert (await response(reader))[0] == 200
+        await shut(writer)
+
+    run(check)
+    assert "rendering /metrics failed" in caplog.text
