@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,7 +28,7 @@ from gateway.autoscaler.scalers import DryRunScaler, KubernetesScaler, Scaler
 from gateway.autoscaler.signals import PrometheusSource
 from gateway.clock import MonotonicClock
 from gateway.config import ConfigError, ServerConfig, load_server_config
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.repository import scan_repository
 from gateway.tasks import spawn
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return JSONResponse({"decisions": controller.decisions[-5:] if controller else []})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)], lifespan=lifespan)
     uvicorn.run(app, host=args.metrics_host, port=args.metrics_port, log_config=None, access_log=False)
