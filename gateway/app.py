@@ -31,6 +31,7 @@ from gateway.ops_port import OpsPort
 from gateway.pool import PoolClient
 from gateway.repository import check_references, scan_repository
 from gateway.rest.auth import AuthMiddleware
+from gateway.rest.decoders import DecoderPool
 from gateway.rest.infer import InferFront
 from gateway.rest.routes import RestAPI, build_app
 from gateway.router import Router
@@ -66,8 +67,10 @@ class Gateway:
         # The middleware stack, outermost first: token check, the inference fast path, then
         # Starlette for everything else (see gateway/rest/infer.py for why infer skips it).
         api = build_app(self.rest, lifespan=self._lifespan)
+        http = config.http
+        self.decoders = DecoderPool(http.json_offload_bytes, http.json_decoders) if http.json_offload_bytes else None
         self.front = front = InferFront(
-            api, self.router, self.metrics, config.http.max_body_bytes, config.limits, self.limiter
+            api, self.router, self.metrics, http.max_body_bytes, config.limits, self.limiter, self.decoders
         )
         self.app: ASGIApp = AuthMiddleware(front, self.auth) if self.auth is not None else front
         self.grpc_server: GRPCServer | None = None
@@ -232,6 +235,8 @@ class Gateway:
             await supervisor.stop()
         for pool in self.pools.values():
             await pool.close()
+        if self.decoders is not None:
+            self.decoders.close()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 

@@ -150,6 +150,16 @@ class HTTPConfig(Frozen):
     host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 to accept remote clients.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = any free port).")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    json_offload_bytes: int = Field(
+        512 * 1024,
+        ge=0,
+        description="Inference bodies with this much JSON or more are decoded in a separate process, so the event "
+        "loop keeps serving other requests meanwhile (about 5 ms per MB otherwise); a gzip or deflate body counts "
+        "4x its size. 0 decodes every body on the loop.",
+    )
+    json_decoders: int = Field(
+        1, ge=1, le=64, description="Processes decoding large JSON bodies; spawned at the first such body."
+    )
 
 
 class GRPCConfig(Frozen):

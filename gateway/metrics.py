@@ -133,6 +133,11 @@ class Metrics:
             ["front"],
             registry=r,
         )
+        self.json_offloaded = Counter(
+            "batchgate_json_bodies_offloaded",
+            "JSON inference bodies decoded in a decoder process (http.json_offload_bytes), not on the event loop.",
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "batchgate_worker_restarts", "Local worker processes restarted after dying.", ["pool"], registry=r
         )

@@ -7,6 +7,7 @@ its parser callbacks and hands it to a :class:`DirectCycle`; everything the requ
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ class DirectCycle:
         self.chunks: list[bytes] = []
         self.response_complete = False
         self.disconnected = False
+        self.decoding: asyncio.Future[None] | None = None  # held: the loop keeps only weak references to tasks
 
     @property
     def message_event(self) -> DirectCycle:
@@ -66,12 +68,31 @@ class DirectCycle:
                 raise self.refused
             body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             self.chunks = []
+            if call.decodes_off_loop(body):
+                self.decoding = self.protocol.loop.create_task(self._admit_off_loop(body))
+                return
             ticket = call.admit(body)
         except BatchgateError as exc:
             self._answer_soon(error_answer(exc))
             return
         except Exception as exc:
             self._answer_soon(call.unexpected(exc))
+            return
+        ticket.when_done(self._answered)
+
+    async def _admit_off_loop(self, body: bytes) -> None:
+        try:
+            ticket = await self.call.admit_off_loop(body)
+        except BatchgateError as exc:
+            self.answer(error_answer(exc))
+            return
+        except Exception as exc:
+            self.answer(self.call.unexpected(exc))
+            return
+        finally:
+            self.decoding = None
+        if self.response_complete:  # the client left while its body was decoded
+            self.call.abandon()
             return
         ticket.when_done(self._answered)
 

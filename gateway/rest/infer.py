@@ -26,6 +26,7 @@ from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeo
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 from gateway.rest.body import check_declared, decode_content, encode, pick_encoding, receive_body
+from gateway.rest.decoders import DecoderPool
 from gateway.router import FALLBACK_HEADER, Router, Ticket
 from gateway.types import InferRequest
 
@@ -162,19 +163,44 @@ class InferCall:
             check_declared(declared.decode("latin-1"), self.front.max_body_bytes)
 
     def admit(self, raw: bytes) -> Ticket:
-        """Decode the body (content coding, binary extension) and queue the request."""
-        headers = self.headers
+        """Decode the body (content coding, binary extension) on the loop and queue the request."""
+        coding, length = self._framing()
+        body = decode_content(raw, coding, self.front.max_body_bytes)
+        return self._queue(decode_request(self.model, self.version, body, length, self.front.decode_limits))
+
+    def decodes_off_loop(self, raw: bytes) -> bool:
+        """Whether :meth:`admit_off_loop` should take this body: its JSON is large enough to stall the loop."""
+        decoders = self.front.decoders
+        if decoders is None:
+            return False
+        coding, length = self._framing()
+        return decoders.wants(len(raw), coding, length)
+
+    async def admit_off_loop(self, raw: bytes) -> Ticket:
+        """:meth:`admit`, with the decoding done by a decoder process (see :mod:`gateway.rest.decoders`)."""
         front = self.front
-        coding = headers.get(b"content-encoding")
-        body = decode_content(raw, coding.decode("latin-1") if coding else None, front.max_body_bytes)
+        assert front.decoders is not None
+        coding, length = self._framing()
+        front.metrics.json_offloaded.inc()
+        request = await front.decoders.decode(
+            self.model, self.version, raw, coding, length, front.max_body_bytes, front.decode_limits
+        )
+        return self._queue(request)
+
+    def _framing(self) -> tuple[str | None, int | None]:
+        """The body's content coding and its JSON header's length (binary extension)."""
+        coding = self.headers.get(b"content-encoding")
         length = None
-        header_length = headers.get(b"inference-header-content-length")
+        header_length = self.headers.get(b"inference-header-content-length")
         if header_length is not None:
             try:
                 length = int(header_length)
             except ValueError:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
-        request = decode_request(self.model, self.version, body, length, front.decode_limits)
+        return coding.decode("latin-1") if coding else None, length
+
+    def _queue(self, request: InferRequest) -> Ticket:
+        headers = self.headers
         client_id = headers.get(b"x-client-id")
         request.client = client_id.decode("latin-1") if client_id else self.peer
         timeout_ms = None
@@ -187,7 +213,7 @@ class InferCall:
             if not timeout_ms > 0:
                 raise InvalidInput("x-batchgate-timeout-ms must be positive")
         self.request = request
-        self.ticket = front.router.admit(request, timeout_ms)
+        self.ticket = self.front.router.admit(request, timeout_ms)
         return self.ticket
 
     def abandon(self) -> None:
@@ -241,6 +267,7 @@ class InferFront:
         max_body_bytes: int,
         limits: LimitsConfig,
         limiter: ClientLimiter | None,
+        decoders: DecoderPool | None = None,
     ) -> None:
         self.app = app
         self.router = router
@@ -249,6 +276,7 @@ class InferFront:
         self.limits = limits
         self.decode_limits = DecodeLimits(limits.max_tensor_elements, limits.max_json_depth)
         self.limiter = limiter if limiter is not None and limiter.enabled else None
+        self.decoders = decoders
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -267,7 +295,8 @@ class InferFront:
             call.limit()
             call.check_length()
             raw = await receive_body(receive, self.max_body_bytes, self.limits.body_timeout_s)
-            future = call.admit(raw).future
+            ticket = await call.admit_off_loop(raw) if call.decodes_off_loop(raw) else call.admit(raw)
+            future = ticket.future
             watcher = asyncio.ensure_future(_disconnected(receive))
             try:
                 await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)

@@ -138,3 +138,30 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(ga
         assert reader.closed()  # blocks until the server closes: bounded by the socket timeout
         idle = time.monotonic() - answered
     assert 4.5 <= idle < 5 + 2.0, f"closed after {idle:.2f} s idle"  # then scheduling slack
+
+
+def test_large_json_bodies_are_decoded_by_a_decoder_process_on_both_paths(
+    gateway: GatewayProcess, reference: ort.InferenceSession
+) -> None:
+    """Bodies of ``http.json_offload_bytes`` (512 KiB by default) or more go to a decoder
+    process: the answers are the ones the loop would give, in pipelined order, with a bad
+    body's 400 coming back from the decoder as it would from the loop."""
+    padding = b" " * (512 * 1024)  # JSON allows whitespace: large bodies without a large model
+    inputs = [_rows(seed) for seed in (11, 12, 13)]
+    batch = [
+        _post(_body(inputs[0]) + padding),
+        _post(b'{"inputs": [nope' + padding),
+        _chunked(_body(inputs[1]) + padding),
+        _post(_body(inputs[2])),  # small: decoded on the loop, answered after the large ones
+    ]
+    offloaded = gateway.metric("batchgate_json_bodies_offloaded_total")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(b"".join(batch))
+        reader = ResponseReader(sock)
+        answers = [reader.response() for _ in batch]
+    assert [status for status, _, _ in answers] == [200, 400, 200, 200]
+    assert json.loads(answers[1][2])["error"].startswith("request body is not valid JSON")
+    for rows, (_, _, body) in zip(inputs, [answers[0], answers[2], answers[3]], strict=True):
+        expected = reference.run(["probabilities"], {"input": rows})[0].ravel()
+        np.testing.assert_allclose(_probabilities(body), expected, rtol=1e-5, atol=1e-6)
+    assert gateway.metric("batchgate_json_bodies_offloaded_total") - offloaded == 3

@@ -122,3 +122,42 @@ def test_keep_alive_answers_leave_the_connection_open() -> None:
     assert body == b"\x00\x01" and "connection" not in headers
     assert not protocol.transport.closed and protocol.completed == 1
     protocol.loop.close()
+
+
+class DecodingCall(Call):
+    """A call whose body goes to a decoder process; the decode finishes when the test says."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__((200, JSON, b"{}", []))
+        self.abandons = 0
+        self.decoded = loop.create_future()
+        self.waited_on: list[Any] = []
+
+    def abandon(self) -> None:
+        self.abandons += 1
+
+    def decodes_off_loop(self, raw: bytes) -> bool:
+        return True
+
+    async def admit_off_loop(self, raw: bytes) -> Any:
+        await self.decoded
+        return SimpleNamespace(when_done=self.waited_on.append)
+
+
+def test_a_client_gone_while_its_body_decodes_is_abandoned_once_admitted_and_gets_no_bytes() -> None:
+    loop = asyncio.new_event_loop()
+    call = DecodingCall(loop)
+    protocol = Protocol(loop)
+    cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
+    cycle.chunks = [b"{}"]
+    cycle.body_complete()
+    assert cycle.decoding is not None
+    cycle.disconnected = True
+    cycle.set()  # the client leaves while the decoder works
+    assert call.closed == [499] and call.abandons == 1
+    call.decoded.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert cycle.decoding is None
+    assert call.abandons == 2  # the admitted request is taken back out at once
+    assert call.waited_on == [] and protocol.transport.written == [] and call.closed == [499]
+    loop.close()
