@@ -6,7 +6,8 @@ requests back to back (one user, closed loop) the whole time; a large client sen
 bodies of 2, 8 and 32 rows of ``wide`` (about 1.4, 5.6 and 22 MB) one after another, asking
 for binary outputs so that only the request's decoding differs. Each setting gets its own
 gateway, alternating for ``--rounds``: the decoder process (the default,
-``http.json_offload_bytes`` 512 KiB) and every body on the loop (``json_offload_bytes: 0``).
+``http.json_offload_bytes`` 512 KiB) and every body on the loop (``json_offload_bytes: 0``);
+and, for reference, the same tensors sent with the binary extension, which no JSON slows.
 Writes ``benchmarks/results/json_offload.md``.
 """
 
@@ -30,7 +31,13 @@ from workers.affinity import usable_cpus
 
 WIDTH = 65536
 LARGE_ROWS = (2, 8, 32)
-SETTINGS = {"decoder process": {}, "on the loop": {"http": {"json_offload_bytes": 0}}}
+SETTINGS = {
+    "decoder process": {},
+    "on the loop": {"http": {"json_offload_bytes": 0}},
+    "binary body": {},  # the same tensors sent as binary: what is left without any JSON
+}
+Request = tuple[bytes, dict[str, str]]
+"""A body and its headers."""
 SMALL_LIMIT = 200_000  # requests: a bound on the small client whatever the timing
 
 
@@ -46,20 +53,26 @@ def _wide_model(path: Path) -> None:
     save(model, str(path / "model.onnx"))
 
 
-def _large_body(rows: int) -> bytes:
+def _large_body(rows: int, binary: bool) -> Request:
+    """A request for ``rows`` rows of ``wide`` and its headers: JSON, or the binary extension."""
     data = np.random.default_rng(rows).random((rows, WIDTH), dtype=np.float32)
-    doc = {
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, WIDTH], "data": data}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-    }
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    tensor: dict[str, object] = {"name": "x", "datatype": "FP32", "shape": [rows, WIDTH]}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": data.nbytes}
+    else:
+        tensor["data"] = data
+    doc = {"inputs": [tensor], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return header, {"Content-Type": "application/json"}
+    return header + data.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
 SMALL_BODY = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [3.0] * 64}]})
 
 
-def _post(conn: http.client.HTTPConnection, model: str, body: bytes) -> None:
-    conn.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+def _post(conn: http.client.HTTPConnection, model: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    conn.request("POST", f"/v2/models/{model}/infer", body, headers or {"Content-Type": "application/json"})
     response = conn.getresponse()
     response.read()
     if response.status != 200:
@@ -78,14 +91,14 @@ def _small_client(port: int, stop: threading.Event, samples: list[tuple[float, f
         conn.close()
 
 
-def measure(port: int, bodies: dict[int, bytes], repeats: int) -> dict[int, dict[str, list[float]]]:
+def measure(port: int, bodies: dict[int, Request], repeats: int) -> dict[int, dict[str, list[float]]]:
     """Per large-body size: the large requests' latencies, and the small client's latencies
     while they were in flight and over a quiet second just before."""
     results: dict[int, dict[str, list[float]]] = {}
     large = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        _post(large, "wide", bodies[min(bodies)])  # the decoder process starts at its first body
-        for rows, body in bodies.items():
+        _post(large, "wide", *bodies[min(bodies)])  # the decoder process starts at its first body
+        for rows, (body, headers) in bodies.items():
             samples: list[tuple[float, float]] = []
             stop = threading.Event()
             small = threading.Thread(target=_small_client, args=(port, stop, samples))
@@ -97,7 +110,7 @@ def measure(port: int, bodies: dict[int, bytes], repeats: int) -> dict[int, dict
                 spans, latencies = [], []
                 for _ in range(repeats):
                     begin = time.perf_counter()
-                    _post(large, "wide", body)
+                    _post(large, "wide", body, headers)
                     end = time.perf_counter()
                     spans.append((begin, end))
                     latencies.append(end - begin)
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     (repository / "digits_mlp" / "config.yaml").write_text("batching: {max_batch_size: 64}\n")
     _wide_model(repository / "wide" / "1")
     (repository / "wide" / "config.yaml").write_text("batching: {max_batch_size: 32}\ntimeout_ms: 30000\n")
-    bodies = {rows: _large_body(rows) for rows in LARGE_ROWS}
+    bodies = {binary: {rows: _large_body(rows, binary) for rows in LARGE_ROWS} for binary in (False, True)}
     pooled: dict[str, dict[int, dict[str, list[float]]]] = {label: {} for label in SETTINGS}
     for round_ in range(args.rounds):
         order = list(SETTINGS) if round_ % 2 == 0 else list(reversed(SETTINGS))
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {round_ + 1}/{args.rounds}: {label}", flush=True)
             gateway = _gateway(repository, work / f"gateway-{round_}-{label.replace(' ', '-')}.log", SETTINGS[label])
             try:
-                for rows, found in measure(gateway.port, bodies, args.repeats).items():
+                for rows, found in measure(gateway.port, bodies[label == "binary body"], args.repeats).items():
                     cell = pooled[label].setdefault(rows, {"large": [], "during": [], "quiet": []})
                     for key, values in found.items():
                         cell[key] += values
@@ -157,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         f"One gateway per setting and round ({args.rounds} rounds, alternating), 2 local workers. A small client "
         "sends `digits_mlp` JSON requests back to back; a large client sends "
         f"{args.repeats} JSON bodies of each size to `wide` (Identity, FP32 [rows, {WIDTH}], binary output) one "
-        "after another. `small, alone`: the small client's latency over the second before the large ones; "
+        "after another (`binary body`: the same tensors with the binary extension, for reference). "
+        "`small, alone`: the small client's latency over the second before the large ones; "
         "`small, meanwhile`: its requests that overlapped a large one.",
         "",
         "| decoding | large body | large p50 ms | small, alone p50 / p99 ms | small, meanwhile p50 / p99 / max ms |",
@@ -168,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             cell = pooled[label][rows]
             during = cell["during"]
             lines.append(
-                f"| {label} | {rows} rows, {len(bodies[rows]) / 1e6:.1f} MB | {_ms(cell['large'], 50)} | "
+                f"| {label} | {rows} rows, {len(bodies[label == 'binary body'][rows][0]) / 1e6:.1f} MB | "
+                f"{_ms(cell['large'], 50)} | "
                 f"{_ms(cell['quiet'], 50)} / {_ms(cell['quiet'], 99)} | "
                 f"{_ms(during, 50)} / {_ms(during, 99)} / {_ms(during, 100)} |"
             )
