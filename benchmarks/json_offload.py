@@ -1,14 +1,13 @@
-"""What one client's large JSON bodies cost every other client, decoded on the event loop or not.
+"""What one client's large JSON bodies cost every other client, handled on the event loop or not.
 
 ``python -m benchmarks.json_offload`` serves ``digits_mlp`` and ``wide`` (an Identity model
 over FP32 ``[batch, 65536]``) from one gateway. A small client sends ``digits_mlp`` JSON
 requests back to back (one user, closed loop) the whole time; a large client sends JSON
-bodies of 2, 8 and 32 rows of ``wide`` (about 1.4, 5.6 and 22 MB) one after another, asking
-for binary outputs so that only the request's decoding differs. Each setting gets its own
-gateway, alternating for ``--rounds``: the decoder process (the default,
-``http.json_offload_bytes`` 512 KiB) and every body on the loop (``json_offload_bytes: 0``);
-and, for reference, the same tensors sent with the binary extension, which no JSON slows.
-Writes ``benchmarks/results/json_offload.md``.
+requests of 2, 8 and 32 rows of ``wide`` (about 1.4, 5.6 and 22 MB) one after another, and
+gets as much JSON back. Each setting gets its own gateway, alternating for ``--rounds``: the
+JSON process (the default, ``http.json_offload_bytes`` 512 KiB) and everything on the loop
+(``json_offload_bytes: 0``); and, for reference, the same tensors sent and answered with the
+binary extension, which no JSON slows. Writes ``benchmarks/results/json_offload.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from workers.affinity import usable_cpus
 WIDTH = 65536
 LARGE_ROWS = (2, 8, 32)
 SETTINGS = {
-    "decoder process": {},
+    "JSON process": {},
     "on the loop": {"http": {"json_offload_bytes": 0}},
     "binary body": {},  # the same tensors sent as binary: what is left without any JSON
 }
@@ -61,7 +60,7 @@ def _large_body(rows: int, binary: bool) -> Request:
         tensor["parameters"] = {"binary_data_size": data.nbytes}
     else:
         tensor["data"] = data
-    doc = {"inputs": [tensor], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    doc = {"inputs": [tensor], "outputs": [{"name": "y", "parameters": {"binary_data": binary}}]}
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not binary:
         return header, {"Content-Type": "application/json"}
@@ -97,7 +96,7 @@ def measure(port: int, bodies: dict[int, Request], repeats: int) -> dict[int, di
     results: dict[int, dict[str, list[float]]] = {}
     large = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        _post(large, "wide", *bodies[min(bodies)])  # the decoder process starts at its first body
+        _post(large, "wide", *bodies[min(bodies)])  # the JSON process starts at its first body
         for rows, (body, headers) in bodies.items():
             samples: list[tuple[float, float]] = []
             stop = threading.Event()
@@ -169,12 +168,14 @@ def main(argv: list[str] | None = None) -> None:
         + f"; {time.strftime('%Y-%m-%d')}  ",
         f"One gateway per setting and round ({args.rounds} rounds, alternating), 2 local workers. A small client "
         "sends `digits_mlp` JSON requests back to back; a large client sends "
-        f"{args.repeats} JSON bodies of each size to `wide` (Identity, FP32 [rows, {WIDTH}], binary output) one "
-        "after another (`binary body`: the same tensors with the binary extension, for reference). "
+        f"{args.repeats} JSON requests of each size to `wide` (Identity, FP32 [rows, {WIDTH}]) one after another "
+        "and gets as much JSON back (`binary body`: the same tensors sent and answered with the binary extension, "
+        "for reference). "
         "`small, alone`: the small client's latency over the second before the large ones; "
         "`small, meanwhile`: its requests that overlapped a large one.",
         "",
-        "| decoding | large body | large p50 ms | small, alone p50 / p99 ms | small, meanwhile p50 / p99 / max ms |",
+        "| JSON handled | large body (each way) | large p50 ms | small, alone p50 / p99 ms "
+        "| small, meanwhile p50 / p99 / max ms |",
         "|---|---:|---:|---:|---:|",
     ]
     for rows in LARGE_ROWS:

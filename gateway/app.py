@@ -31,8 +31,8 @@ from gateway.ops_port import OpsPort
 from gateway.pool import PoolClient
 from gateway.repository import check_references, scan_repository
 from gateway.rest.auth import AuthMiddleware
-from gateway.rest.decoders import DecoderPool
 from gateway.rest.infer import InferFront
+from gateway.rest.json_offload import JsonOffload
 from gateway.rest.routes import RestAPI, build_app
 from gateway.router import Router
 from gateway.supervisor import LocalSupervisor
@@ -68,9 +68,9 @@ class Gateway:
         # Starlette for everything else (see gateway/rest/infer.py for why infer skips it).
         api = build_app(self.rest, lifespan=self._lifespan)
         http = config.http
-        self.decoders = DecoderPool(http.json_offload_bytes, http.json_decoders) if http.json_offload_bytes else None
+        self.json_offload = JsonOffload(http.json_offload_bytes, http.json_processes)  # no process until needed
         self.front = front = InferFront(
-            api, self.router, self.metrics, http.max_body_bytes, config.limits, self.limiter, self.decoders
+            api, self.router, self.metrics, http.max_body_bytes, config.limits, self.limiter, self.json_offload
         )
         self.app: ASGIApp = AuthMiddleware(front, self.auth) if self.auth is not None else front
         self.grpc_server: GRPCServer | None = None
@@ -235,8 +235,7 @@ class Gateway:
             await supervisor.stop()
         for pool in self.pools.values():
             await pool.close()
-        if self.decoders is not None:
-            self.decoders.close()
+        self.json_offload.close()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 

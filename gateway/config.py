@@ -153,12 +153,13 @@ class HTTPConfig(Frozen):
     json_offload_bytes: int = Field(
         512 * 1024,
         ge=0,
-        description="Inference bodies with this much JSON or more are decoded in a separate process, so the event "
-        "loop keeps serving other requests meanwhile (about 5 ms per MB otherwise); a gzip or deflate body counts "
-        "4x its size. 0 decodes every body on the loop.",
+        description="Inference requests with this much JSON or more, and responses with as much JSON output (about "
+        "10 bytes a value), are decoded or encoded in a separate process, so the event loop keeps serving other "
+        "requests meanwhile (about 5 ms per MB otherwise); a gzip or deflate body counts 4x its size. 0 keeps "
+        "all of it on the loop.",
     )
-    json_decoders: int = Field(
-        1, ge=1, le=64, description="Processes decoding large JSON bodies; spawned at the first such body."
+    json_processes: int = Field(
+        1, ge=1, le=64, description="Processes for large JSON bodies (json_offload_bytes); spawned at the first one."
     )
 
 

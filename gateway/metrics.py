@@ -134,8 +134,10 @@ class Metrics:
             registry=r,
         )
         self.json_offloaded = Counter(
-            "batchgate_json_bodies_offloaded",
-            "JSON inference bodies decoded in a decoder process (http.json_offload_bytes), not on the event loop.",
+            "batchgate_json_offloaded",
+            "Inference bodies decoded (request) or encoded (response) in a JSON process, not on the event loop "
+            "(http.json_offload_bytes).",
+            ["body"],
             registry=r,
         )
         self.worker_restarts = Counter(

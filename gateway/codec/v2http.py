@@ -224,21 +224,32 @@ def _json_data(array: Array) -> Any:
     return np.ascontiguousarray(flat)
 
 
+def _binary_outputs(response: InferResponse, request: InferRequest) -> list[bool]:
+    """For each output of ``response``, whether it goes back binary (else as JSON data)."""
+    if request.outputs is None:
+        return [request.binary_output] * len(response.outputs)
+    wanted = {out.name: out.binary for out in request.outputs}
+    flags = [wanted.get(out.name) for out in response.outputs]
+    return [request.binary_output if flag is None else flag for flag in flags]
+
+
+def json_values(response: InferResponse, request: InferRequest) -> int:
+    """How many output values :func:`encode_response` would write as JSON."""
+    binary = _binary_outputs(response, request)
+    return sum(out.data.size for out, flag in zip(response.outputs, binary, strict=True) if not flag)
+
+
 def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
     """Body bytes and, when any output is binary, the JSON header length."""
-    wanted: dict[str, bool | None] | None = None
-    if request.outputs is not None:
-        wanted = {out.name: out.binary for out in request.outputs}
     outputs_json = []
     buffers: list[bytes] = []
-    for out in response.outputs:
+    for out, binary in zip(response.outputs, _binary_outputs(response, request), strict=True):
         entry: dict[str, Any] = {
             "name": out.name,
             "datatype": out.datatype,
             "shape": list(out.data.shape),
         }
-        flag = wanted.get(out.name) if wanted is not None else None
-        if flag if flag is not None else request.binary_output:
+        if binary:
             raw = array_to_raw(out.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             buffers.append(raw)

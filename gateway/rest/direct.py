@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import BatchgateError, Cancelled, RequestTimeout, Unavailable
 from gateway.rest.infer import Answer, InferCall, error_answer
 from gateway.router import Ticket
+from gateway.types import InferResponse
 
 if TYPE_CHECKING:
     from gateway.rest.protocol import GuardedProtocol
@@ -45,7 +46,9 @@ class DirectCycle:
         self.chunks: list[bytes] = []
         self.response_complete = False
         self.disconnected = False
-        self.decoding: asyncio.Future[None] | None = None  # held: the loop keeps only weak references to tasks
+        # The task decoding the body or encoding the answer in a JSON process, if one is: held,
+        # as the loop keeps only weak references to tasks.
+        self.offloaded: asyncio.Future[None] | None = None
 
     @property
     def message_event(self) -> DirectCycle:
@@ -69,7 +72,7 @@ class DirectCycle:
             body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             self.chunks = []
             if call.decodes_off_loop(body):
-                self.decoding = self.protocol.loop.create_task(self._admit_off_loop(body))
+                self.offloaded = self.protocol.loop.create_task(self._admit_off_loop(body))
                 return
             ticket = call.admit(body)
         except BatchgateError as exc:
@@ -90,7 +93,7 @@ class DirectCycle:
             self.answer(self.call.unexpected(exc))
             return
         finally:
-            self.decoding = None
+            self.offloaded = None
         if self.response_complete:  # the client left while its body was decoded
             self.call.abandon()
             return
@@ -113,12 +116,27 @@ class DirectCycle:
             self.answer(error_answer(Unavailable("the request was cancelled inside the gateway; retry")))
             return
         try:
-            answer = self.call.answer()
+            result = self.call.result()
+            if self.call.encodes_off_loop(result):
+                self.offloaded = self.protocol.loop.create_task(self._answer_off_loop(result))
+                return
+            answer = self.call.answer(result)
         except BatchgateError as exc:
             answer = error_answer(exc)
         except Exception as exc:
             answer = self.call.unexpected(exc)
         self.answer(answer)
+
+    async def _answer_off_loop(self, result: InferResponse) -> None:
+        try:
+            answer = await self.call.answer_off_loop(result)
+        except BatchgateError as exc:
+            answer = error_answer(exc)
+        except Exception as exc:
+            answer = self.call.unexpected(exc)
+        finally:
+            self.offloaded = None
+        self.answer(answer)  # unless the client left meanwhile
 
     def answer(self, answer: Answer) -> None:
         """Write the response in one ``write``, then count the request (and close or keep alive)."""

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.codec import DecodeLimits
-from gateway.codec.v2http import decode_request, encode_response, error_body
+from gateway.codec.v2http import decode_request, error_body, json_values
 from gateway.config import LimitsConfig
 from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeout, Unauthenticated
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
-from gateway.rest.body import check_declared, decode_content, encode, pick_encoding, receive_body
-from gateway.rest.decoders import DecoderPool
+from gateway.rest.body import check_declared, decode_content, pick_encoding, receive_body
+from gateway.rest.json_offload import JsonOffload, encode_body
 from gateway.router import FALLBACK_HEADER, Router, Ticket
-from gateway.types import InferRequest
+from gateway.types import InferRequest, InferResponse
 
 log = logging.getLogger("batchgate.rest")
 
@@ -170,19 +170,19 @@ class InferCall:
 
     def decodes_off_loop(self, raw: bytes) -> bool:
         """Whether :meth:`admit_off_loop` should take this body: its JSON is large enough to stall the loop."""
-        decoders = self.front.decoders
-        if decoders is None:
+        offload = self.front.json_offload
+        if offload is None:
             return False
         coding, length = self._framing()
-        return decoders.wants(len(raw), coding, length)
+        return offload.wants_request(len(raw), coding, length)
 
     async def admit_off_loop(self, raw: bytes) -> Ticket:
-        """:meth:`admit`, with the decoding done by a decoder process (see :mod:`gateway.rest.decoders`)."""
+        """:meth:`admit`, with the decoding done in a JSON process (see :mod:`gateway.rest.json_offload`)."""
         front = self.front
-        assert front.decoders is not None
+        assert front.json_offload is not None
         coding, length = self._framing()
-        front.metrics.json_offloaded.inc()
-        request = await front.decoders.decode(
+        front.metrics.json_offloaded.labels("request").inc()
+        request = await front.json_offload.decode(
             self.model, self.version, raw, coding, length, front.max_body_bytes, front.decode_limits
         )
         return self._queue(request)
@@ -221,11 +221,39 @@ class InferCall:
         if self.ticket is not None:
             self.front.router.abandon(self.ticket)
 
-    def answer(self) -> Answer:
-        """The 200 response of an admitted request whose ticket has a result."""
-        assert self.ticket is not None and self.request is not None
-        result = self.front.router.response(self.ticket)
-        payload, json_length = encode_response(result, self.request)
+    def result(self) -> InferResponse:
+        """What the admitted request got, once its ticket is done; its error is raised instead."""
+        assert self.ticket is not None
+        return self.front.router.response(self.ticket)
+
+    def encodes_off_loop(self, result: InferResponse) -> bool:
+        """Whether :meth:`answer_off_loop` should write ``result``: its JSON outputs are large."""
+        offload = self.front.json_offload
+        assert self.request is not None
+        return offload is not None and offload.wants_response(json_values(result, self.request))
+
+    def answer(self, result: InferResponse | None = None) -> Answer:
+        """The 200 response carrying ``result`` (by default the ticket's), encoded on the loop."""
+        assert self.request is not None
+        if result is None:
+            result = self.result()
+        coding = self._response_coding()
+        return self._ok(result, *encode_body(result, self.request, coding), coding)
+
+    async def answer_off_loop(self, result: InferResponse) -> Answer:
+        """:meth:`answer`, with the encoding (and content coding) done in a JSON process."""
+        front = self.front
+        assert front.json_offload is not None and self.request is not None
+        coding = self._response_coding()
+        front.metrics.json_offloaded.labels("response").inc()
+        payload, json_length = await front.json_offload.encode(result, self.request, coding)
+        return self._ok(result, payload, json_length, coding)
+
+    def _response_coding(self) -> str | None:
+        accept = self.headers.get(b"accept-encoding")
+        return pick_encoding(accept.decode("latin-1")) if accept else None
+
+    def _ok(self, result: InferResponse, payload: bytes, json_length: int | None, coding: str | None) -> Answer:
         extra = [(b"x-batchgate-served-by", result.parameters["served_by"].encode())]
         if "fallback_reason" in result.parameters:
             extra.append((FALLBACK_HEADER.encode(), result.parameters["fallback_reason"].encode()))
@@ -233,10 +261,7 @@ class InferCall:
         if json_length is not None:
             extra.append((b"inference-header-content-length", b"%d" % json_length))
             content_type = OCTETS
-        accept = self.headers.get(b"accept-encoding")
-        coding = pick_encoding(accept.decode("latin-1")) if accept else None
         if coding is not None:
-            payload = encode(payload, coding)
             extra.append((b"content-encoding", coding.encode()))
         if result.model == self.model:
             self.version = result.version
@@ -267,7 +292,7 @@ class InferFront:
         max_body_bytes: int,
         limits: LimitsConfig,
         limiter: ClientLimiter | None,
-        decoders: DecoderPool | None = None,
+        json_offload: JsonOffload | None = None,
     ) -> None:
         self.app = app
         self.router = router
@@ -276,7 +301,7 @@ class InferFront:
         self.limits = limits
         self.decode_limits = DecodeLimits(limits.max_tensor_elements, limits.max_json_depth)
         self.limiter = limiter if limiter is not None and limiter.enabled else None
-        self.decoders = decoders
+        self.json_offload = json_offload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -305,7 +330,8 @@ class InferFront:
             if not future.done():
                 call.abandon()
                 raise Cancelled("client disconnected")
-            answer = call.answer()
+            result = call.result()
+            answer = await call.answer_off_loop(result) if call.encodes_off_loop(result) else call.answer(result)
         except BatchgateError as exc:
             answer = error_answer(exc)
         except asyncio.CancelledError:

@@ -9,9 +9,11 @@ and byte-for-byte comparison of the two paths' answers.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +145,9 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(ga
 def test_large_json_bodies_are_decoded_by_a_decoder_process_on_both_paths(
     gateway: GatewayProcess, reference: ort.InferenceSession
 ) -> None:
-    """Bodies of ``http.json_offload_bytes`` (512 KiB by default) or more go to a decoder
+    """Bodies of ``http.json_offload_bytes`` (512 KiB by default) or more go to a JSON
     process: the answers are the ones the loop would give, in pipelined order, with a bad
-    body's 400 coming back from the decoder as it would from the loop."""
+    body's 400 coming back from that process as it would from the loop."""
     padding = b" " * (512 * 1024)  # JSON allows whitespace: large bodies without a large model
     inputs = [_rows(seed) for seed in (11, 12, 13)]
     batch = [
@@ -154,7 +156,7 @@ def test_large_json_bodies_are_decoded_by_a_decoder_process_on_both_paths(
         _chunked(_body(inputs[1]) + padding),
         _post(_body(inputs[2])),  # small: decoded on the loop, answered after the large ones
     ]
-    offloaded = gateway.metric("batchgate_json_bodies_offloaded_total")
+    offloaded = gateway.metric("batchgate_json_offloaded_total", {"body": "request"})
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
         sock.sendall(b"".join(batch))
         reader = ResponseReader(sock)
@@ -164,4 +166,44 @@ def test_large_json_bodies_are_decoded_by_a_decoder_process_on_both_paths(
     for rows, (_, _, body) in zip(inputs, [answers[0], answers[2], answers[3]], strict=True):
         expected = reference.run(["probabilities"], {"input": rows})[0].ravel()
         np.testing.assert_allclose(_probabilities(body), expected, rtol=1e-5, atol=1e-6)
-    assert gateway.metric("batchgate_json_bodies_offloaded_total") - offloaded == 3
+    assert gateway.metric("batchgate_json_offloaded_total", {"body": "request"}) - offloaded == 3
+
+
+@pytest.fixture(scope="module")
+def low_offload(serving_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway that sends any JSON body of 1 KiB or more to its JSON process, both ways."""
+    folder = tmp_path_factory.mktemp("offload")
+    process = GatewayProcess(serving_repository, folder / "gateway.log", {"http": {"json_offload_bytes": 1024}})
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def test_large_json_answers_are_encoded_by_a_json_process_with_their_content_coding(
+    low_offload: GatewayProcess, reference: ort.InferenceSession
+) -> None:
+    """64 rows of ``digits_mlp`` (640 output values, about 6 KB of JSON) over 1 KiB: the
+    request is decoded and the answer encoded in the JSON process on both paths, gzip
+    included; asked for binary outputs, the answer has no JSON values and is written on the
+    loop."""
+    rows = np.random.default_rng(5).uniform(0, 16, size=(64, 64)).astype(np.float32)
+    expected = reference.run(["probabilities"], {"input": rows})[0].ravel()
+    plain = _body(rows)
+    as_binary = json.dumps({**json.loads(plain), "parameters": {"binary_data_output": True}}).encode()
+    counts = [low_offload.metric("batchgate_json_offloaded_total", {"body": body}) for body in ("request", "response")]
+    with socket.create_connection(("127.0.0.1", low_offload.port), timeout=20) as sock:
+        sock.sendall(
+            _post(plain) + _post(plain, extra="Accept-Encoding: gzip\r\n") + _post(as_binary) + _chunked(plain)
+        )
+        reader = ResponseReader(sock)
+        answers = [reader.response() for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 200]
+    assert answers[3][2] == answers[0][2]  # the general (ASGI) path, as the direct one
+    np.testing.assert_allclose(_probabilities(answers[0][2]), expected, rtol=1e-5, atol=1e-6)
+    assert answers[1][1]["content-encoding"] == "gzip" and gzip.decompress(answers[1][2]) == answers[0][2]
+    header_length = int(answers[2][1]["inference-header-content-length"])
+    assert json.loads(answers[2][2][:header_length])["outputs"][0]["parameters"]["binary_data_size"] > 0
+    after = [low_offload.metric("batchgate_json_offloaded_total", {"body": body}) for body in ("request", "response")]
+    assert [a - b for a, b in zip(after, counts, strict=True)] == [4, 3]

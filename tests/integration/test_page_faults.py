@@ -27,7 +27,10 @@ def test_wide_batches_do_not_fault_in_fresh_pages(tmp_path: Path) -> None:
     write_model(tmp_path / "models", "wide", model, {"batching": {"max_batch_size": 128}})
     rows = np.full((32, 2048), 0.5, np.float32).tolist()
     body = json.dumps({"inputs": [{"name": "in_FP32", "datatype": "FP32", "shape": [32, 2048], "data": rows}]})
-    gateway = GatewayProcess(tmp_path / "models", tmp_path / "gateway.log", replicas=1)
+    # Its answers (65,536 values, about 650 KB of JSON) would go to a JSON process: this test
+    # counts the faults of the gateway and its worker, with the JSON handled on the loop.
+    config = {"http": {"json_offload_bytes": 0}}
+    gateway = GatewayProcess(tmp_path / "models", tmp_path / "gateway.log", config, replicas=1)
     try:
         gateway.wait_ready()
         path = "/v2/models/wide/infer"

@@ -60,7 +60,13 @@ class Call:
     def abandon(self) -> None:
         self.abandoned = True
 
-    def answer(self) -> Answer:
+    def result(self) -> Any:
+        return SimpleNamespace()
+
+    def encodes_off_loop(self, result: Any) -> bool:
+        return False
+
+    def answer(self, result: Any = None) -> Answer:
         assert self._answer is not None
         return self._answer
 
@@ -151,13 +157,62 @@ def test_a_client_gone_while_its_body_decodes_is_abandoned_once_admitted_and_get
     cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
     cycle.chunks = [b"{}"]
     cycle.body_complete()
-    assert cycle.decoding is not None
+    assert cycle.offloaded is not None
     cycle.disconnected = True
     cycle.set()  # the client leaves while the decoder works
     assert call.closed == [499] and call.abandons == 1
     call.decoded.set_result(None)
     loop.run_until_complete(asyncio.sleep(0.01))
-    assert cycle.decoding is None
+    assert cycle.offloaded is None
     assert call.abandons == 2  # the admitted request is taken back out at once
     assert call.waited_on == [] and protocol.transport.written == [] and call.closed == [499]
+    loop.close()
+
+
+class EncodingCall(Call):
+    """A call whose answer is encoded in a JSON process; the encoding finishes when the test says."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.encoded = loop.create_future()
+
+    def encodes_off_loop(self, result: Any) -> bool:
+        return True
+
+    async def answer_off_loop(self, result: Any) -> Answer:
+        return await self.encoded  # type: ignore[no-any-return]
+
+
+def _ticket(loop: asyncio.AbstractEventLoop) -> Any:
+    future = loop.create_future()
+    future.set_result(None)
+    return SimpleNamespace(future=future)
+
+
+def test_an_answer_encoded_off_the_loop_is_written_once_it_is_ready() -> None:
+    loop = asyncio.new_event_loop()
+    call = EncodingCall(loop)
+    protocol = Protocol(loop)
+    cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
+    cycle._answered(_ticket(loop))
+    assert cycle.offloaded is not None and protocol.transport.written == []
+    call.encoded.set_result((200, JSON, b'{"outputs":[]}', []))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    status, _, body = _response(b"".join(protocol.transport.written))
+    assert status == "HTTP/1.1 200 OK" and body == b'{"outputs":[]}'
+    assert cycle.offloaded is None and call.closed == [200] and protocol.completed == 1
+    loop.close()
+
+
+def test_a_client_gone_while_its_answer_encodes_gets_no_bytes() -> None:
+    loop = asyncio.new_event_loop()
+    call = EncodingCall(loop)
+    protocol = Protocol(loop)
+    cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
+    cycle._answered(_ticket(loop))
+    cycle.disconnected = True
+    cycle.set()
+    call.encoded.set_result((200, JSON, b"{}", []))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert protocol.transport.written == [] and call.closed == [499] and protocol.completed == 0
     loop.close()
