@@ -26,7 +26,7 @@ from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeo
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 from gateway.rest.body import check_declared, decode_content, pick_encoding, receive_body
-from gateway.rest.json_offload import JsonOffload, encode_body
+from gateway.rest.json_offload import COMPRESSION_WEIGHT, JsonOffload, encode_body
 from gateway.router import FALLBACK_HEADER, Router, Ticket
 from gateway.types import InferRequest, InferResponse
 
@@ -171,8 +171,8 @@ class InferCall:
     def decodes_off_loop(self, raw: bytes) -> bool:
         """Whether :meth:`admit_off_loop` should take this body: its JSON is large enough to stall the loop."""
         offload = self.front.json_offload
-        if offload is None:
-            return False
+        if offload is None or len(raw) * COMPRESSION_WEIGHT < offload.min_bytes:
+            return False  # too small however it is coded: the usual case, decided without the headers
         coding, length = self._framing()
         return offload.wants_request(len(raw), coding, length)
 
@@ -229,8 +229,10 @@ class InferCall:
     def encodes_off_loop(self, result: InferResponse) -> bool:
         """Whether :meth:`answer_off_loop` should write ``result``: its JSON outputs are large."""
         offload = self.front.json_offload
+        if offload is None or not offload.wants_response(sum(out.data.size for out in result.outputs)):
+            return False  # too few values even if all went as JSON: the usual case
         assert self.request is not None
-        return offload is not None and offload.wants_response(json_values(result, self.request))
+        return offload.wants_response(json_values(result, self.request))
 
     def answer(self, result: InferResponse | None = None) -> Answer:
         """The 200 response carrying ``result`` (by default the ticket's), encoded on the loop."""
