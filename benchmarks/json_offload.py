@@ -98,6 +98,11 @@ def measure(port: int, bodies: dict[int, Request], repeats: int) -> dict[int, di
     try:
         _post(large, "wide", *bodies[min(bodies)])  # the JSON process starts at its first body
         for rows, (body, headers) in bodies.items():
+            alone = []
+            for _ in range(repeats):  # nothing else running: what the request itself costs
+                begin = time.perf_counter()
+                _post(large, "wide", body, headers)
+                alone.append(time.perf_counter() - begin)
             samples: list[tuple[float, float]] = []
             stop = threading.Event()
             small = threading.Thread(target=_small_client, args=(port, stop, samples))
@@ -118,7 +123,7 @@ def measure(port: int, bodies: dict[int, Request], repeats: int) -> dict[int, di
                 small.join()
             during = [lat for start, lat in samples if any(a <= start + lat and start <= b for a, b in spans)]
             quiet = [lat for start, lat in samples if quiet_from <= start and start + lat <= quiet_to]
-            results[rows] = {"large": latencies, "during": during, "quiet": quiet}
+            results[rows] = {"alone": alone, "large": latencies, "during": during, "quiet": quiet}
     finally:
         large.close()
     return results
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             gateway = _gateway(repository, work / f"gateway-{round_}-{label.replace(' ', '-')}.log", SETTINGS[label])
             try:
                 for rows, found in measure(gateway.port, bodies[label == "binary body"], args.repeats).items():
-                    cell = pooled[label].setdefault(rows, {"large": [], "during": [], "quiet": []})
+                    cell = pooled[label].setdefault(rows, {"alone": [], "large": [], "during": [], "quiet": []})
                     for key, values in found.items():
                         cell[key] += values
             finally:
@@ -171,11 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} JSON requests of each size to `wide` (Identity, FP32 [rows, {WIDTH}]) one after another "
         "and gets as much JSON back (`binary body`: the same tensors sent and answered with the binary extension, "
         "for reference). "
+        "`large ... alone`: the large requests before the small client starts; "
         "`small, alone`: the small client's latency over the second before the large ones; "
         "`small, meanwhile`: its requests that overlapped a large one.",
         "",
-        "| JSON handled | large body (each way) | large p50 ms | small, alone p50 / p99 ms "
-        "| small, meanwhile p50 / p99 / max ms |",
+        "| JSON handled | large body (each way) | large p50 ms, alone / beside the small client "
+        "| small, alone p50 / p99 ms | small, meanwhile p50 / p99 / max ms |",
         "|---|---:|---:|---:|---:|",
     ]
     for rows in LARGE_ROWS:
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             during = cell["during"]
             lines.append(
                 f"| {label} | {rows} rows, {len(bodies[label == 'binary body'][rows][0]) / 1e6:.1f} MB | "
-                f"{_ms(cell['large'], 50)} | "
+                f"{_ms(cell['alone'], 50)} / {_ms(cell['large'], 50)} | "
                 f"{_ms(cell['quiet'], 50)} / {_ms(cell['quiet'], 99)} | "
                 f"{_ms(during, 50)} / {_ms(during, 99)} / {_ms(during, 100)} |"
             )

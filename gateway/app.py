@@ -235,7 +235,7 @@ class Gateway:
             await supervisor.stop()
         for pool in self.pools.values():
             await pool.close()
-        self.json_offload.close()
+        await self.json_offload.stop()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 

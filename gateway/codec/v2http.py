@@ -132,7 +132,11 @@ def json_to_array(name: str, datatype: str, shape: tuple[int, ...], data: Any, m
 
 
 def decode_request(
-    model: str, version: str, body: bytes, header_length: int | None, limits: DecodeLimits = DEFAULT_LIMITS
+    model: str,
+    version: str,
+    body: bytes | memoryview,
+    header_length: int | None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> InferRequest:
     """Decode a v2 infer body; raises :class:`InvalidInput` (or 413 past ``limits``) naming what is wrong."""
     if header_length is not None:

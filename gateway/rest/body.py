@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.types import Receive
 
 from gateway.errors import Cancelled, InvalidInput, PayloadTooLarge, RequestTimeout
+
+BodyT = TypeVar("BodyT", bytes, memoryview)
+"""A body as the loop holds it (bytes), or as a JSON process received it (a view of its buffer)."""
 
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -57,7 +61,7 @@ async def receive_body(receive: Receive, limit: int, timeout_s: float) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def decode_content(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+def decode_content(body: BodyT, content_encoding: str | None, limit: int) -> BodyT | bytes:
     """The body without its content coding (gzip, deflate), still within ``limit`` bytes."""
     coding = (content_encoding or "identity").strip().lower()
     if coding in ("", "identity"):

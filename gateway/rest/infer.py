@@ -63,8 +63,9 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
-"""A response as both HTTP paths send it: status, content type, body, extra headers."""
+Answer = tuple[int, bytes, bytes | memoryview, list[tuple[bytes, bytes]]]
+"""A response as both HTTP paths send it: status, content type, body, extra headers. The
+body is a view when a JSON process wrote it: the bytes as they arrived, not copied again."""
 
 
 def error_messages(error: BatchgateError) -> tuple[Message, Message]:
@@ -90,6 +91,8 @@ def error_answer(error: BatchgateError) -> Answer:
 def messages(answer: Answer) -> tuple[Message, Message]:
     """The two ASGI messages that send ``answer``."""
     status, content_type, body, extra = answer
+    if isinstance(body, memoryview):
+        body = bytes(body)  # ASGI bodies are bytes
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]
     return {"type": "http.response.start", "status": status, "headers": headers}, {
         "type": "http.response.body",
@@ -255,7 +258,9 @@ class InferCall:
         accept = self.headers.get(b"accept-encoding")
         return pick_encoding(accept.decode("latin-1")) if accept else None
 
-    def _ok(self, result: InferResponse, payload: bytes, json_length: int | None, coding: str | None) -> Answer:
+    def _ok(
+        self, result: InferResponse, payload: bytes | memoryview, json_length: int | None, coding: str | None
+    ) -> Answer:
         extra = [(b"x-batchgate-served-by", result.parameters["served_by"].encode())]
         if "fallback_reason" in result.parameters:
             extra.append((FALLBACK_HEADER.encode(), result.parameters["fallback_reason"].encode()))

@@ -216,3 +216,15 @@ def test_a_client_gone_while_its_answer_encodes_gets_no_bytes() -> None:
     loop.run_until_complete(asyncio.sleep(0.01))
     assert protocol.transport.written == [] and call.closed == [499] and protocol.completed == 0
     loop.close()
+
+
+def test_a_large_body_goes_out_after_its_head_uncopied() -> None:
+    call = Call()
+    cycle, protocol = _cycle(call)
+    body = memoryview(b"x" * (64 * 1024))  # as a JSON process's answer arrives: a view
+    cycle.answer((200, JSON, body, []))
+    head, sent = protocol.transport.written
+    assert sent is body and head.endswith(b"\r\n\r\n")
+    _, headers, _ = _response(head)
+    assert headers["content-length"] == str(len(body))
+    protocol.loop.close()

@@ -1,6 +1,7 @@
-"""Large JSON bodies decode and encode in a real spawned JSON process: the same request,
-response bytes or error as on the loop, while the event loop keeps turning; a process that
-dies is replaced, and a closed pool refuses with 503."""
+"""Large JSON bodies decode and encode in a real JSON process (``python -m
+gateway.rest.json_child``): the same request, response bytes or error as on the loop, while
+the event loop keeps turning; a process that dies is replaced, calls wait their turn for a
+busy one, and a stopped pool refuses with 503 and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import asyncio
 import gzip
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -22,6 +24,7 @@ from gateway.types import InferRequest, InferResponse, InputTensor, OutputTensor
 
 LIMITS = DecodeLimits()
 MAX_BODY = 64 << 20
+T = TypeVar("T")
 
 
 def _body(values: int, rows: int = 100) -> bytes:
@@ -35,66 +38,87 @@ def _body(values: int, rows: int = 100) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[JsonOffload]:
-    offload = JsonOffload(min_bytes=1, processes=1)
-    try:
-        yield offload
-    finally:
-        offload.close()
+def _with_pool(test: Callable[[JsonOffload], Awaitable[T]], processes: int = 1) -> T:
+    """Run ``test`` on one loop with a fresh pool (its processes belong to that loop), then stop it."""
+
+    async def main() -> T:
+        offload = JsonOffload(min_bytes=1, processes=processes)
+        try:
+            return await test(offload)
+        finally:
+            await offload.stop()
+
+    return asyncio.run(main())
 
 
-def _decode(pool: JsonOffload, raw: bytes, coding: str | None = None, limits: DecodeLimits = LIMITS) -> object:
-    return asyncio.run(pool.decode("m", "1", raw, coding, None, MAX_BODY, limits))
+def _decode(offload: JsonOffload, raw: bytes, coding: str | None = None, limits: DecodeLimits = LIMITS) -> Any:
+    return offload.decode("m", "1", raw, coding, None, MAX_BODY, limits)
 
 
-def _same(a: object, b: object) -> bool:
+def _same(a: InferRequest, b: InferRequest) -> bool:
     """Equal requests, arrays compared by value and dtype."""
-    arrays = [(x.inputs[0].data, y.inputs[0].data) for x, y in [(a, b)]]  # type: ignore[attr-defined]
-    (left, right) = arrays[0]
+    left, right = a.inputs[0].data, b.inputs[0].data
     if left.dtype != right.dtype or not np.array_equal(left, right):
         return False
-    a.inputs[0].data = b.inputs[0].data = None  # type: ignore[attr-defined]
+    a.inputs[0].data = b.inputs[0].data = None  # type: ignore[assignment]
     try:
         return a == b
     finally:
-        a.inputs[0].data, b.inputs[0].data = left, right  # type: ignore[attr-defined]
+        a.inputs[0].data, b.inputs[0].data = left, right
 
 
-def test_the_request_is_the_one_the_loop_would_decode(pool: JsonOffload) -> None:
+def test_the_request_is_the_one_the_loop_would_decode() -> None:
     raw = _body(20_000)
     on = decode_request("m", "1", raw, None, LIMITS)
     assert on.priority == 2 and on.parameters == {"custom": "kept"}
-    assert _same(_decode(pool, raw), on)
-    assert _same(_decode(pool, gzip.compress(raw), "gzip"), on)
+
+    async def test(offload: JsonOffload) -> None:
+        assert _same(await _decode(offload, raw), on)
+        assert _same(await _decode(offload, gzip.compress(raw), "gzip"), on)
+        binary = b'{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"parameters":{"binary_data_size":8}}]}'
+        request = await offload.decode("m", "1", binary + b"\x01\0\0\0\x02\0\0\0", None, len(binary), MAX_BODY, LIMITS)
+        assert request.inputs[0].data.tolist() == [1, 2]  # the binary part beside a large JSON header
+
+    _with_pool(test)
 
 
-def test_errors_come_back_as_the_loop_would_raise_them(pool: JsonOffload) -> None:
+def test_errors_come_back_as_the_loop_would_raise_them() -> None:
     raw = _body(20_000)
-    with pytest.raises(InvalidInput, match="request body is not valid JSON") as bad:
-        _decode(pool, raw[:-10])
-    assert bad.value.http_status == 400
-    with pytest.raises(PayloadTooLarge, match="takes the request past 1000 elements"):
-        _decode(pool, raw, limits=DecodeLimits(max_elements=1000))
-    with pytest.raises(InvalidInput, match="not valid gzip"):
-        _decode(pool, raw, "gzip")
+
+    async def test(offload: JsonOffload) -> None:
+        with pytest.raises(InvalidInput, match="request body is not valid JSON") as bad:
+            await _decode(offload, raw[:-10])
+        assert bad.value.http_status == 400
+        with pytest.raises(PayloadTooLarge, match="takes the request past 1000 elements"):
+            await _decode(offload, raw, limits=DecodeLimits(max_elements=1000))
+        with pytest.raises(InvalidInput, match="not valid gzip"):
+            await _decode(offload, raw, "gzip")
+        assert (await _decode(offload, raw)).id == "big"  # the process goes on after an error
+
+    _with_pool(test)
 
 
-def test_the_event_loop_turns_while_a_large_body_decodes(pool: JsonOffload) -> None:
+async def _turns_while(work: Awaitable[Any]) -> tuple[int, Any]:
+    """How many times the loop turned before ``work`` finished, and its result."""
+    task = asyncio.ensure_future(work)
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0)
+    return turns, await task
+
+
+def test_the_event_loop_turns_while_a_large_body_decodes() -> None:
     raw = _body(1_500_000, rows=1500)  # about 16 MB: on the loop, one call of 70 ms or more
-    turns_during = 0
 
-    async def main() -> None:
-        nonlocal turns_during
-        decoding = asyncio.ensure_future(pool.decode("m", "1", raw, None, None, MAX_BODY, LIMITS))
-        while not decoding.done():
-            turns_during += 1
-            await asyncio.sleep(0)
-        assert (await decoding).inputs[0].data.shape == (1500, 1000)
+    async def test(offload: JsonOffload) -> int:
+        await _decode(offload, _body(1000))  # started: what is measured is the decoding
+        turns, request = await _turns_while(_decode(offload, raw))
+        assert request.inputs[0].data.shape == (1500, 1000)
+        return turns
 
-    asyncio.run(main())
     # Decoded on the loop, the task would finish in the turn it first ran: no turn between.
-    assert turns_during > 20
+    assert _with_pool(test) > 20
 
 
 def test_when_a_body_goes_to_a_json_process() -> None:
@@ -121,34 +145,45 @@ def _response(values: int) -> tuple[InferResponse, InferRequest]:
     return response, request
 
 
-def test_a_response_is_written_as_the_loop_would_write_it(pool: JsonOffload) -> None:
+def test_a_response_is_written_as_the_loop_would_write_it() -> None:
     response, request = _response(20_000)
     assert json_values(response, request) == 20_000  # the binary output does not count
     on = encode_response(response, request)
     assert on[1] is not None  # a JSON header, then the binary output
-    assert asyncio.run(pool.encode(response, request, None)) == on
-    zipped, length = asyncio.run(pool.encode(response, request, "gzip"))
-    assert gzip.decompress(zipped) == on[0] and length == on[1]
+
+    async def test(offload: JsonOffload) -> None:
+        assert await offload.encode(response, request, None) == on
+        zipped, length = await offload.encode(response, request, "gzip")
+        assert gzip.decompress(zipped) == on[0] and length == on[1]
+
+    _with_pool(test)
 
 
-def test_the_event_loop_turns_while_a_large_response_encodes(pool: JsonOffload) -> None:
+def test_the_event_loop_turns_while_a_large_response_encodes() -> None:
     response, request = _response(2_000_000)  # about 21 MB of JSON: on the loop, 50 ms or more
-    turns_during = 0
 
-    async def main() -> None:
-        nonlocal turns_during
-        encoding = asyncio.ensure_future(pool.encode(response, request, None))
-        while not encoding.done():
-            turns_during += 1
-            await asyncio.sleep(0)
-        assert len((await encoding)[0]) > 2_000_000 * 8
+    async def test(offload: JsonOffload) -> int:
+        await offload.encode(*_response(100), None)
+        turns, (payload, _) = await _turns_while(offload.encode(response, request, None))
+        assert len(payload) > 2_000_000 * 8
+        return turns
 
-    asyncio.run(main())
-    assert turns_during > 20
+    assert _with_pool(test) > 20
+
+
+def test_calls_beyond_the_processes_wait_their_turn() -> None:
+    bodies = [_body(20_000 + i * 100) for i in range(5)]
+
+    async def test(offload: JsonOffload) -> list[Any]:
+        return await asyncio.gather(*(_decode(offload, raw) for raw in bodies))
+
+    requests = _with_pool(test, processes=2)
+    for raw, request in zip(bodies, requests, strict=True):
+        assert _same(request, decode_request("m", "1", raw, None, LIMITS))
 
 
 def _json_pids() -> set[int]:
-    """This process's children that run multiprocessing's spawn entry point."""
+    """This process's children that run the JSON process's module."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -160,24 +195,23 @@ def _json_pids() -> set[int]:
                 command = cmdline.read()
         except OSError:
             continue
-        if parent == os.getpid() and b"multiprocessing.spawn" in command:
+        if parent == os.getpid() and b"gateway.rest.json_child" in command:
             found.add(int(entry))
     return found
 
 
-def test_a_dead_json_process_is_replaced_and_a_closed_pool_refuses() -> None:
-    offload = JsonOffload(min_bytes=1, processes=1)
+def test_a_dead_json_process_is_replaced_and_a_stopped_pool_refuses() -> None:
     raw = _body(1000)
-    before = _json_pids()
-    try:
-        assert _decode(offload, raw).id == "big"  # type: ignore[attr-defined]
-        started = _json_pids() - before
-        assert len(started) == 1
-        (pid,) = started
-        os.kill(pid, signal.SIGKILL)  # whether the pool notices before the next body or while it waits
-        assert _decode(offload, raw).id == "big"  # type: ignore[attr-defined]
-        assert pid not in _json_pids()
-    finally:
-        offload.close()
-    with pytest.raises(Unavailable, match="shutting down"):
-        _decode(offload, raw)
+
+    async def test(offload: JsonOffload) -> None:
+        assert (await _decode(offload, raw)).id == "big"
+        (pid,) = _json_pids()
+        os.kill(pid, signal.SIGKILL)  # idle: the next body finds its socket closed
+        assert (await _decode(offload, raw)).id == "big"
+        assert pid not in _json_pids() and len(_json_pids()) == 1
+        await offload.stop()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await _decode(offload, raw)
+
+    _with_pool(test)
+    assert _json_pids() == set()  # stopped, and waited for
