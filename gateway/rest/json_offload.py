@@ -1,14 +1,12 @@
-"""Large JSON inference bodies, decoded and encoded in processes of their own.
+"""Large JSON inference bodies, read and written in processes of their own.
 
 ``orjson.loads`` builds a body's Python objects in one C call that keeps the GIL, and the
-tensors are then built from those objects: about 5 ms per MB of JSON tensor data on the
-event loop (0.5 MB 2.6 ms, 1 MB 5.2 ms, 10 MB 73 ms on the AMD VM). Writing a response's
-tensors as JSON costs about half that (10.6 MB, a million FP32 values: 29 ms). A thread
-would not help, and every other request on the gateway waits meanwhile. A request body, or
-a response's JSON outputs, of ``http.json_offload_bytes`` or more is handled by a small pool
-of spawned processes instead; the loop only hands the bytes or arrays over and takes back
-the result. For a 10 MB body the longest hold of the loop fell from 73 to 1.7 ms, at 3-5 ms
-per MB more latency for the large request itself (moving the bytes between processes);
+tensors are then built from those objects: 7-10 ms per MB of JSON tensor data on the event
+loop of the AMD VM (74-105 ms for 10.6 MB). Writing tensors as JSON costs about 3 ms per MB.
+A thread would not help, and every other request on the gateway waits meanwhile. A request
+body, or a response's JSON outputs, of ``http.json_offload_bytes`` or more is handled by a
+JSON process (:mod:`gateway.rest.json_child`) instead; the loop only moves the bytes. For
+10.6 MB its longest hold fell to 1.1-1.3 ms (read) and 0.7 ms (write);
 ``benchmarks/results/json_offload.md`` measures it on a serving gateway. Smaller bodies stay
 on the loop, where they cost less than the trip.
 """
