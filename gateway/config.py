@@ -154,12 +154,16 @@ class HTTPConfig(Frozen):
         512 * 1024,
         ge=0,
         description="Inference requests with this much JSON or more, and responses with as much JSON output (about "
-        "10 bytes a value), are decoded or encoded in a separate process, so the event loop keeps serving other "
-        "requests meanwhile (about 5 ms per MB otherwise); a gzip or deflate body counts 4x its size. 0 keeps "
-        "all of it on the loop.",
+        "10 bytes a value), are read or written in a JSON process, so the event loop keeps serving other requests "
+        "meanwhile (on the loop: 7-10 ms per MB to read, 3 to write); a gzip or deflate body counts 4x its size. "
+        "0 keeps all of it on the loop.",
     )
     json_processes: int = Field(
-        1, ge=1, le=64, description="Processes for large JSON bodies (json_offload_bytes); spawned at the first one."
+        1,
+        ge=1,
+        le=64,
+        description="JSON processes (json_offload_bytes), each started when a large body finds none free; about 60 "
+        "MB each, plus a buffer as large as the largest body it has read.",
     )
 
 

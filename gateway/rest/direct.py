@@ -141,7 +141,8 @@ class DirectCycle:
         self.answer(answer)  # unless the client left meanwhile
 
     def answer(self, answer: Answer) -> None:
-        """Write the response in one ``write``, then count the request (and close or keep alive)."""
+        """Write the response in one ``write`` (two for a large body), then count the request
+        (and close or keep alive)."""
         if self.response_complete:
             return
         self.response_complete = True

@@ -174,7 +174,7 @@ class InferCall:
     def decodes_off_loop(self, raw: bytes) -> bool:
         """Whether :meth:`admit_off_loop` should take this body: its JSON is large enough to stall the loop."""
         offload = self.front.json_offload
-        if offload is None or len(raw) * COMPRESSION_WEIGHT < offload.min_bytes:
+        if offload is None or offload.min_bytes <= 0 or len(raw) * COMPRESSION_WEIGHT < offload.min_bytes:
             return False  # too small however it is coded: the usual case, decided without the headers
         coding, length = self._framing()
         return offload.wants_request(len(raw), coding, length)

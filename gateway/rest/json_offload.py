@@ -33,6 +33,9 @@ log = logging.getLogger("batchgate.rest")
 
 COMPRESSION_WEIGHT = 4
 """A gzip or deflate body counts this many times its size: JSON numbers shrink about so much."""
+CALL_TIMEOUT_S = 30.0
+"""Longest a JSON process may take over one body (64 MB of JSON decodes in well under 2 s):
+past it, the process is taken to be stuck, killed, and the request answered 503."""
 JSON_BYTES_PER_VALUE = 10
 """What one output value takes as JSON text, about: an FP32 as orjson writes it, and its comma."""
 
@@ -146,9 +149,10 @@ class JsonProcess:
 class JsonOffload:
     """Up to ``processes`` JSON processes, each started when a large body finds none idle."""
 
-    def __init__(self, min_bytes: int, processes: int) -> None:
+    def __init__(self, min_bytes: int, processes: int, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.min_bytes = min_bytes
         self.processes = processes
+        self.call_timeout_s = call_timeout_s
         self._idle: list[JsonProcess] = []
         self._started = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -204,7 +208,14 @@ class JsonOffload:
         for attempt in (1, 2):
             process = await self._acquire()
             try:
-                ok, value = await process.call(name, args)
+                async with asyncio.timeout(self.call_timeout_s):
+                    ok, value = await process.call(name, args)
+            except TimeoutError:  # listed before OSError, which it subclasses
+                self._discard(process)
+                log.error(
+                    "JSON process %d took over %g s at %s; killed", process.process.pid, self.call_timeout_s, name
+                )
+                raise Unavailable(f"the JSON process did not answer within {self.call_timeout_s:g} s") from None
             except (ProcessGone, OSError) as exc:
                 self._discard(process)
                 log.warning("a JSON process died (attempt %d at %s): %s", attempt, name, exc)
@@ -228,9 +239,12 @@ class JsonOffload:
                 self._started += 1
                 try:
                     return await JsonProcess.start()
-                except BaseException:
+                except BaseException as exc:
                     self._started -= 1
                     self._wake()
+                    if isinstance(exc, OSError):  # out of processes or memory: the client may retry
+                        log.error("cannot start a JSON process: %s", exc)
+                        raise Unavailable(f"cannot start a JSON process: {exc}") from None
                     raise
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)

@@ -215,3 +215,19 @@ def test_a_dead_json_process_is_replaced_and_a_stopped_pool_refuses() -> None:
 
     _with_pool(test)
     assert _json_pids() == set()  # stopped, and waited for
+
+
+def test_a_json_process_past_its_time_is_killed_and_the_request_answered_503() -> None:
+    raw = _body(1_500_000, rows=1500)  # 70 ms or more to decode: far past a 1 ms limit
+
+    async def test(offload: JsonOffload) -> None:
+        await _decode(offload, _body(1000))
+        (stuck,) = _json_pids()
+        offload.call_timeout_s = 0.001
+        with pytest.raises(Unavailable, match=r"did not answer within 0\.001 s"):
+            await _decode(offload, raw)
+        offload.call_timeout_s = 30.0
+        assert (await _decode(offload, _body(1000))).id == "big"
+        assert stuck not in _json_pids() and len(_json_pids()) == 1
+
+    _with_pool(test)
