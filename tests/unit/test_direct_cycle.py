@@ -131,7 +131,7 @@ def test_keep_alive_answers_leave_the_connection_open() -> None:
 
 
 class DecodingCall(Call):
-    """A call whose body goes to a decoder process; the decode finishes when the test says."""
+    """A call whose body goes to a JSON process; the decoding finishes when the test says."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__((200, JSON, b"{}", []))
@@ -157,12 +157,13 @@ def test_a_client_gone_while_its_body_decodes_is_abandoned_once_admitted_and_get
     cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
     cycle.chunks = [b"{}"]
     cycle.body_complete()
-    assert cycle.offloaded is not None
+    decoding = cycle.offloaded
+    assert decoding is not None
     cycle.disconnected = True
-    cycle.set()  # the client leaves while the decoder works
+    cycle.set()  # the client leaves while the JSON process works
     assert call.closed == [499] and call.abandons == 1
     call.decoded.set_result(None)
-    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.run_until_complete(decoding)
     assert cycle.offloaded is None
     assert call.abandons == 2  # the admitted request is taken back out at once
     assert call.waited_on == [] and protocol.transport.written == [] and call.closed == [499]
@@ -189,33 +190,35 @@ def _ticket(loop: asyncio.AbstractEventLoop) -> Any:
     return SimpleNamespace(future=future)
 
 
-def test_an_answer_encoded_off_the_loop_is_written_once_it_is_ready() -> None:
+def _encoding() -> tuple[EncodingCall, Protocol, DirectCycle, asyncio.Future[None]]:
+    """A cycle whose ticket is done and whose answer a JSON process is encoding."""
     loop = asyncio.new_event_loop()
     call = EncodingCall(loop)
     protocol = Protocol(loop)
     cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
     cycle._answered(_ticket(loop))
     assert cycle.offloaded is not None and protocol.transport.written == []
+    return call, protocol, cycle, cycle.offloaded
+
+
+def test_an_answer_encoded_off_the_loop_is_written_once_it_is_ready() -> None:
+    call, protocol, cycle, encoding = _encoding()
     call.encoded.set_result((200, JSON, b'{"outputs":[]}', []))
-    loop.run_until_complete(asyncio.sleep(0.01))
+    protocol.loop.run_until_complete(encoding)
     status, _, body = _response(b"".join(protocol.transport.written))
     assert status == "HTTP/1.1 200 OK" and body == b'{"outputs":[]}'
     assert cycle.offloaded is None and call.closed == [200] and protocol.completed == 1
-    loop.close()
+    protocol.loop.close()
 
 
 def test_a_client_gone_while_its_answer_encodes_gets_no_bytes() -> None:
-    loop = asyncio.new_event_loop()
-    call = EncodingCall(loop)
-    protocol = Protocol(loop)
-    cycle = DirectCycle(protocol, call, True, None)  # type: ignore[arg-type]
-    cycle._answered(_ticket(loop))
+    call, protocol, cycle, encoding = _encoding()
     cycle.disconnected = True
     cycle.set()
     call.encoded.set_result((200, JSON, b"{}", []))
-    loop.run_until_complete(asyncio.sleep(0.01))
+    protocol.loop.run_until_complete(encoding)
     assert protocol.transport.written == [] and call.closed == [499] and protocol.completed == 0
-    loop.close()
+    protocol.loop.close()
 
 
 def test_a_large_body_goes_out_after_its_head_uncopied() -> None:
