@@ -16,6 +16,9 @@ from typing import cast
 from gateway.errors import BatchgateError, DeadlineExceeded, Unavailable
 from workers import framing
 
+SEPARATE_PAYLOAD_BYTES = 64 * 1024
+"""A request this large is written after its header rather than joined to it."""
+
 Reply = Callable[[int, bytes | None, BatchgateError | None], None]
 
 
@@ -45,7 +48,11 @@ class LocalConnection(asyncio.Protocol):
         self._reply = reply
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
         try:
-            self.transport.write(framing.frame(framing.REQUEST, payload))
+            if len(payload) < SEPARATE_PAYLOAD_BYTES:
+                self.transport.write(framing.frame(framing.REQUEST, payload))
+            else:  # a large batch is not copied once more behind its 5-byte header
+                self.transport.write(framing.HEADER.pack(len(payload), framing.REQUEST))
+                self.transport.write(payload)
         except (RuntimeError, OSError) as exc:  # uvloop: "the handler is closed" (worker just died)
             self.closed = True
             self._deliver(0, None, Unavailable(f"worker {self.name} connection closed: {exc}"))
@@ -57,7 +64,8 @@ class LocalConnection(asyncio.Protocol):
             size, kind = framing.HEADER.unpack_from(self._buffer)
             if len(self._buffer) < header + size:
                 return
-            body = bytes(self._buffer[header : header + size])
+            with memoryview(self._buffer) as view:  # one copy out of the buffer, not a slice and a copy of it
+                body = bytes(view[header : header + size])
             del self._buffer[: header + size]
             self._deliver(kind, body, None)
 
