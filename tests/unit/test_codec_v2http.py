@@ -162,3 +162,22 @@ def test_json_bf16_rounds_to_the_nearest_bfloat16() -> None:
     array = json_to_array("x", "BF16", (3,), [1.0, 1 / 3, 1.00390625])  # the last is a tie: to even, 1.0
     assert array.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(array.astype(np.float32), np.float32([1.0, 0.333984375, 1.0]))
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "BF16", "BOOL", "INT64", "UINT8"])
+def test_large_binary_outputs_are_the_raw_bytes_whatever_their_layout(datatype: str) -> None:
+    """Outputs of 64 KB or more go into the body from a view, not ``tobytes``: the same bytes,
+    C order, for strided and Fortran-ordered arrays too."""
+    from workers.dtypes import V2_TO_NUMPY
+    from workers.v2grpc import array_to_raw
+
+    rng = np.random.default_rng(7)
+    whole = (rng.random((400, 400)) * 100).astype(V2_TO_NUMPY[datatype])
+    arrays = [whole, whole[::2], np.asfortranarray(whole)]
+    outputs = [OutputTensor(f"y{i}", datatype, array) for i, array in enumerate(arrays)]
+    request = InferRequest("m", "1", [], binary_output=True)
+    body, header_length = encode_response(InferResponse("m", "1", outputs), request)
+    assert header_length is not None
+    sizes = [o["parameters"]["binary_data_size"] for o in json.loads(body[:header_length])["outputs"]]
+    assert sizes == [array.nbytes for array in arrays] and min(sizes) >= 64 * 1024
+    assert body[header_length:] == b"".join(array_to_raw(array) for array in arrays)
