@@ -61,10 +61,15 @@ async def receive_body(receive: Receive, limit: int, timeout_s: float) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def content_coded(content_encoding: str | None) -> bool:
+    """Whether a Content-Encoding value names a coding (gzip, deflate, or one refused), not identity."""
+    return (content_encoding or "").strip().lower() not in ("", "identity")
+
+
 def decode_content(body: BodyT, content_encoding: str | None, limit: int) -> BodyT | bytes:
     """The body without its content coding (gzip, deflate), still within ``limit`` bytes."""
-    coding = (content_encoding or "identity").strip().lower()
-    if coding in ("", "identity"):
+    coding = (content_encoding or "").strip().lower()
+    if not content_coded(coding):
         return body
     wbits = _DECODERS.get(coding)
     if wbits is None:

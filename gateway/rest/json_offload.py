@@ -25,7 +25,7 @@ from typing import Any
 from gateway.codec import DecodeLimits
 from gateway.codec.v2http import decode_request, encode_response
 from gateway.errors import Unavailable
-from gateway.rest.body import decode_content, encode
+from gateway.rest.body import content_coded, decode_content, encode
 from gateway.rest.json_child import HEADER, LENGTH, pack, payload_size, unpack
 from gateway.types import InferRequest, InferResponse
 
@@ -167,7 +167,7 @@ class JsonOffload:
         """
         if self.min_bytes <= 0:
             return False
-        if coding is not None and coding.strip().lower() not in ("", "identity"):
+        if content_coded(coding):
             return size * COMPRESSION_WEIGHT >= self.min_bytes
         return (size if header_length is None else header_length) >= self.min_bytes
 
