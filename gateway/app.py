@@ -26,6 +26,7 @@ from gateway.dataplane import DataPlane
 from gateway.grpc_api.servicer import GRPCFront, GRPCServer, build_server
 from gateway.lifecycle import HEALTH_TICK_S, ModelManager
 from gateway.limits import ClientLimiter
+from gateway.loop_lag import watch_loop_lag
 from gateway.metrics import Metrics
 from gateway.ops_port import OpsPort
 from gateway.pool import PoolClient
@@ -117,6 +118,9 @@ class Gateway:
             pool.start()
         self._tasks.append(spawn(self._sweep_clients(), name="clients"))
         self._tasks.append(spawn(self._health(), name="live-data-health"))
+        if self.config.metrics.loop_lag_interval_ms:
+            interval_s = self.config.metrics.loop_lag_interval_ms / 1000
+            self._tasks.append(spawn(watch_loop_lag(self.metrics.loop_lag, interval_s), name="loop-lag"))
         if self.config.repository_poll_s:
             self._tasks.append(spawn(self.manager.poll(self.config.repository_poll_s), name="repository-poll"))
         if self.config.autoscaler.enabled:

@@ -197,6 +197,12 @@ class MetricsConfig(Frozen):
         description="Port for GET /metrics, /v2/health/live and /v2/health/ready, plain HTTP (0 = any free port). "
         "Probes and scrapes sent here are answered when a connection storm fills the HTTP port's accept queue.",
     )
+    loop_lag_interval_ms: int = Field(
+        50,
+        ge=0,
+        description="How often the gateway times its own event loop for batchgate_event_loop_lag_seconds "
+        "(how late a due timer ran); 0 = not measured.",
+    )
 
 
 class TLSConfig(Frozen):

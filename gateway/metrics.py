@@ -36,6 +36,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 
@@ -138,6 +139,13 @@ class Metrics:
             "Inference bodies decoded (request) or encoded (response) in a JSON process, not on the event loop "
             "(http.json_offload_bytes).",
             ["body"],
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "batchgate_event_loop_lag_seconds",
+            "How late the gateway's event loop ran a timer that was due (metrics.loop_lag_interval_ms): "
+            "every request waits this long behind the loop's other work.",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.worker_restarts = Counter(

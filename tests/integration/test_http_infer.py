@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from tests.helpers import IDENTITY_TYPES, GatewayProcess, identity_arrays
+from tests.helpers import IDENTITY_TYPES, GatewayProcess, identity_arrays, wait_for
 
 
 def _digits(rows: int, seed: int) -> np.ndarray:
@@ -112,6 +112,14 @@ def test_compressed_requests_and_responses(
     )
     labels, _ = _reference(serving_repository, "digits_mlp", batch)
     np.testing.assert_array_equal(result.as_numpy("label"), labels)
+
+
+def test_the_gateway_times_its_own_event_loop(gateway: GatewayProcess) -> None:
+    """batchgate_event_loop_lag_seconds gains a sample every metrics.loop_lag_interval_ms (50 ms)."""
+    first = gateway.metric("batchgate_event_loop_lag_seconds_count")
+    assert first >= 1  # the probe started with the gateway, well before it was ready
+    wait_for(lambda: gateway.metric("batchgate_event_loop_lag_seconds_count") > first)
+    assert gateway.metric("batchgate_event_loop_lag_seconds_bucket", {"le": "+Inf"}) > first
 
 
 def test_concurrent_clients_get_their_own_rows_and_batches_form(

@@ -277,3 +277,51 @@ def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> N
         [promtool, "test", "rules", "tests.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_loop_lag_alert_fires_for_a_lagging_gateway_only(tmp_path: Path) -> None:
+    """promtool's rule tests: 5% of a gateway's loop samples over 50 ms fires; all under 10 ms does not."""
+    promtool, rule = _promtool_and_rules()
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    # Cumulative samples per minute at each bucket bound (20 a second: the 50 ms default).
+    bounds = ["0.01", "0.05", "0.1", "+Inf"]
+    per_minute = {"a": dict(zip(bounds, [1000, 1140, 1200, 1200], strict=True)), "b": dict.fromkeys(bounds, 1200)}
+    name = "batchgate_event_loop_lag_seconds_bucket"
+    series = [
+        {"series": f'{name}{{instance="{instance}",le="{le}"}}', "values": f"0+{count}x20"}
+        for instance, buckets in per_minute.items()
+        for le, count in buckets.items()
+    ]
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "16m",
+                        "alertname": "BatchgateEventLoopLagging",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"instance": "a", "severity": "ticket"},
+                                "exp_annotations": {
+                                    "summary": "The event loop of a runs due work over 50 ms late",
+                                    "description": "Its p99 event-loop lag has been over 50 ms for 10 minutes (90ms "
+                                    "now), and every request waits that long on top of its model. Add gateways, give "
+                                    "each a CPU its workers do not share, or move large JSON bodies off the loop "
+                                    "(http.json_offload_bytes).",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
