@@ -163,7 +163,7 @@ class HTTPConfig(Frozen):
         ge=1,
         le=64,
         description="JSON processes (json_offload_bytes), each started when a large body finds none free; about 60 "
-        "MB each, plus a buffer as large as the largest body it has read.",
+        "MB each, plus a buffer as large as the largest body it has read, given back after 30 s without one.",
     )
 
 

@@ -36,6 +36,31 @@ _USER_CHOICES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP
 ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library if it is glibc, else None (musl's mallopt does nothing)."""
+    try:
+        libc = ctypes.CDLL(None)  # this process's own C library
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc alone has it
+
+
+def give_back_freed_memory() -> bool:
+    """Return the free memory of glibc's heaps to the kernel now; True if glibc did.
+
+    For a process that freed a large buffer it will not need for a while: glibc unmaps a
+    freed block on its own only if it was mapped for itself, and after such frees it serves
+    blocks up to their size from the heap, where they may stay mapped once freed.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    trim = libc.malloc_trim
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds in this process; True if they were set.
 
@@ -44,11 +69,8 @@ def keep_freed_memory() -> bool:
     """
     if any(os.environ.get(name) for name in _USER_CHOICES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    try:
-        libc = ctypes.CDLL(None)  # this process's own C library
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc alone has it; musl's mallopt does nothing
+    libc = _glibc()
+    if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

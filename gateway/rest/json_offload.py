@@ -26,7 +26,7 @@ from gateway.codec import DecodeLimits
 from gateway.codec.v2http import decode_request, encode_response
 from gateway.errors import Unavailable
 from gateway.rest.body import content_coded, decode_content, encode
-from gateway.rest.json_child import HEADER, LENGTH, pack, payload_size, unpack
+from gateway.rest.json_child import HEADER, IDLE_RELEASE_S, LENGTH, pack, payload_size, unpack
 from gateway.types import InferRequest, InferResponse
 
 log = logging.getLogger("batchgate.rest")
@@ -89,7 +89,8 @@ class JsonProcess:
         self.sock = sock
 
     @classmethod
-    async def start(cls) -> JsonProcess:
+    async def start(cls, idle_release_s: float = IDLE_RELEASE_S) -> JsonProcess:
+        """A new JSON process; its receive buffer goes back after ``idle_release_s`` without work."""
         ours, theirs = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -97,6 +98,7 @@ class JsonProcess:
                 "-m",
                 "gateway.rest.json_child",
                 str(theirs.fileno()),
+                str(idle_release_s),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )
@@ -149,10 +151,17 @@ class JsonProcess:
 class JsonOffload:
     """Up to ``processes`` JSON processes, each started when a large body finds none idle."""
 
-    def __init__(self, min_bytes: int, processes: int, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        min_bytes: int,
+        processes: int,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        idle_release_s: float = IDLE_RELEASE_S,
+    ) -> None:
         self.min_bytes = min_bytes
         self.processes = processes
         self.call_timeout_s = call_timeout_s
+        self.idle_release_s = idle_release_s
         self._idle: list[JsonProcess] = []
         self._started = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -238,7 +247,7 @@ class JsonOffload:
             if self._started < self.processes:
                 self._started += 1
                 try:
-                    return await JsonProcess.start()
+                    return await JsonProcess.start(self.idle_release_s)
                 except BaseException as exc:
                     self._started -= 1
                     self._wake()

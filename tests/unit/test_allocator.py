@@ -1,4 +1,5 @@
-"""workers.allocator: large buffers freed and allocated again stop costing fresh pages.
+"""workers.allocator: large buffers freed and allocated again stop costing fresh pages, and
+freed memory goes back to the kernel when a process asks.
 
 Each case runs in a fresh interpreter, since the setting is process-wide and cannot be undone.
 """
@@ -56,3 +57,36 @@ def test_a_users_own_malloc_setting_is_left_alone() -> None:
     applied, faults = churn("on", MALLOC_TRIM_THRESHOLD_="0")
     assert applied == "False"
     assert faults > 200  # their setting (trim at once) holds, not ours
+
+
+# A heap block kept after its free (the thresholds above), then given back on request.
+GIVE_BACK = """
+import sys
+from workers.allocator import give_back_freed_memory, keep_freed_memory
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) / 1024
+
+keep_freed_memory()
+blocks = [bytearray(8 << 20) for _ in range(6)]  # 48 MiB on the heap: each is under the mmap threshold
+held = rss_mb()
+del blocks
+kept = rss_mb()
+gave = give_back_freed_memory()
+print(held, kept, rss_mb(), gave)
+"""
+
+
+def test_freed_heap_memory_goes_back_when_asked() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", GIVE_BACK],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    ).stdout.split()
+    held, kept, after, gave = float(out[0]), float(out[1]), float(out[2]), out[3]
+    assert kept > held - 8  # freed, but kept mapped: under the trim threshold
+    assert gave == "True" and after < kept - 40

@@ -231,3 +231,28 @@ def test_a_json_process_past_its_time_is_killed_and_the_request_answered_503() -
         assert stuck not in _json_pids() and len(_json_pids()) == 1
 
     _with_pool(test)
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_an_idle_json_process_gives_its_receive_buffer_back() -> None:
+    raw = _body(1_500_000, rows=1500)  # about 16 MB read into the receive buffer
+
+    async def test(offload: JsonOffload) -> None:
+        offload.idle_release_s = 0.3  # read when the process starts
+        await _decode(offload, raw)
+        (pid,) = _json_pids()
+        held = _rss_mb(pid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while _rss_mb(pid) > held - 12:  # polled: another process's memory has no event to wait on
+            assert loop.time() < deadline, f"still {_rss_mb(pid):.0f} MB after holding {held:.0f} MB"
+            await asyncio.sleep(0.05)
+        request = await _decode(offload, raw)  # and the next large body is read as before
+        assert request.inputs[0].data.shape == (1500, 1000) and _json_pids() == {pid}
+
+    _with_pool(test)
