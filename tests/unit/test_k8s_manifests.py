@@ -232,43 +232,19 @@ def test_alert_and_recording_rules_pass_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> None:
-    """promtool's rule tests: 900 of a 1024 cap fires, 900 of a raised 4096 cap does not."""
+def _alert_fires(tmp_path: Path, series: list[dict[str, str]], alert: str, expected: dict[str, Any]) -> None:
+    """promtool's rule tests on the PrometheusRule: ``series`` one sample a minute, and at 16
+    minutes ``alert`` firing exactly once, with ``expected``'s labels and annotations."""
     promtool, rule = _promtool_and_rules()
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    series = [
-        ("batchgate_open_connections", "a", "900+0x20"),
-        ("batchgate_max_connections", "a", "1024+0x20"),
-        ("batchgate_open_connections", "b", "900+0x20"),
-        ("batchgate_max_connections", "b", "4096+0x20"),
-    ]
     tests = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "1m",
         "tests": [
             {
                 "interval": "1m",
-                "input_series": [
-                    {"series": f'{name}{{instance="{instance}",front="http"}}', "values": values}
-                    for name, instance, values in series
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "15m",
-                        "alertname": "BatchgateConnectionsNearCap",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"instance": "a", "front": "http", "severity": "ticket"},
-                                "exp_annotations": {
-                                    "summary": "The http front of a holds over 80% of its connection cap",
-                                    "description": "Over 80% of limits.max_connections for 10 minutes (87.89% now); "
-                                    "past the cap new connections get 503 (HTTP) or GOAWAY (gRPC). Add gateways or "
-                                    "raise the cap.",
-                                },
-                            }
-                        ],
-                    }
-                ],
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": "16m", "alertname": alert, "exp_alerts": [expected]}],
             }
         ],
     }
@@ -279,10 +255,31 @@ def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_connection_alert_follows_each_gateways_own_cap(tmp_path: Path) -> None:
+    """900 of a 1024 cap fires, 900 of a raised 4096 cap does not."""
+    series = [
+        ("batchgate_open_connections", "a", "900+0x20"),
+        ("batchgate_max_connections", "a", "1024+0x20"),
+        ("batchgate_open_connections", "b", "900+0x20"),
+        ("batchgate_max_connections", "b", "4096+0x20"),
+    ]
+    expected = {
+        "exp_labels": {"instance": "a", "front": "http", "severity": "ticket"},
+        "exp_annotations": {
+            "summary": "The http front of a holds over 80% of its connection cap",
+            "description": "Over 80% of limits.max_connections for 10 minutes (87.89% now); past the cap new "
+            "connections get 503 (HTTP) or GOAWAY (gRPC). Add gateways or raise the cap.",
+        },
+    }
+    lines = [
+        {"series": f'{name}{{instance="{instance}",front="http"}}', "values": values}
+        for name, instance, values in series
+    ]
+    _alert_fires(tmp_path, lines, "BatchgateConnectionsNearCap", expected)
+
+
 def test_the_loop_lag_alert_fires_for_a_lagging_gateway_only(tmp_path: Path) -> None:
-    """promtool's rule tests: 5% of a gateway's loop samples over 50 ms fires; all under 10 ms does not."""
-    promtool, rule = _promtool_and_rules()
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    """5% of a gateway's loop samples over 50 ms fires; all under 10 ms does not."""
     # Cumulative samples per minute at each bucket bound (20 a second: the 50 ms default).
     bounds = ["0.01", "0.05", "0.1", "+Inf"]
     per_minute = {"a": dict(zip(bounds, [1000, 1140, 1200, 1200], strict=True)), "b": dict.fromkeys(bounds, 1200)}
@@ -292,36 +289,13 @@ def test_the_loop_lag_alert_fires_for_a_lagging_gateway_only(tmp_path: Path) -> 
         for instance, buckets in per_minute.items()
         for le, count in buckets.items()
     ]
-    tests = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "16m",
-                        "alertname": "BatchgateEventLoopLagging",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"instance": "a", "severity": "ticket"},
-                                "exp_annotations": {
-                                    "summary": "The event loop of a runs due work over 50 ms late",
-                                    "description": "Its p99 event-loop lag has been over 50 ms for 10 minutes (90ms "
-                                    "now), and every request waits that long on top of its model. Add gateways, give "
-                                    "each a CPU its workers do not share, or move large JSON bodies off the loop "
-                                    "(http.json_offload_bytes).",
-                                },
-                            }
-                        ],
-                    }
-                ],
-            }
-        ],
+    expected = {
+        "exp_labels": {"instance": "a", "severity": "ticket"},
+        "exp_annotations": {
+            "summary": "The event loop of a runs due work over 50 ms late",
+            "description": "Its p99 event-loop lag has been over 50 ms for 10 minutes (90ms now), and every "
+            "request waits that long on top of its model. Add gateways, give each a CPU its workers do not "
+            "share, or move large JSON bodies off the loop (http.json_offload_bytes).",
+        },
     }
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-    result = subprocess.run(
-        [promtool, "test", "rules", "tests.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _alert_fires(tmp_path, series, "BatchgateEventLoopLagging", expected)
