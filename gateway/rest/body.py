@@ -68,9 +68,9 @@ def content_coded(content_encoding: str | None) -> bool:
 
 def decode_content(body: BodyT, content_encoding: str | None, limit: int) -> BodyT | bytes:
     """The body without its content coding (gzip, deflate), still within ``limit`` bytes."""
-    coding = (content_encoding or "").strip().lower()
-    if not content_coded(coding):
+    if not content_coded(content_encoding):
         return body
+    coding = (content_encoding or "").strip().lower()
     wbits = _DECODERS.get(coding)
     if wbits is None:
         raise InvalidInput(f"unsupported Content-Encoding {coding!r}; use gzip or deflate")

@@ -26,7 +26,7 @@ from gateway.errors import BatchgateError, Cancelled, InvalidInput, RequestTimeo
 from gateway.limits import ClientLimiter, client_key
 from gateway.metrics import Metrics
 from gateway.rest.body import check_declared, decode_content, pick_encoding, receive_body
-from gateway.rest.json_offload import COMPRESSION_WEIGHT, JsonOffload, encode_body
+from gateway.rest.json_offload import JsonOffload, encode_body
 from gateway.router import FALLBACK_HEADER, Router, Ticket
 from gateway.types import InferRequest, InferResponse
 
@@ -174,8 +174,8 @@ class InferCall:
     def decodes_off_loop(self, raw: bytes) -> bool:
         """Whether :meth:`admit_off_loop` should take this body: its JSON is large enough to stall the loop."""
         offload = self.front.json_offload
-        if offload is None or offload.min_bytes <= 0 or len(raw) * COMPRESSION_WEIGHT < offload.min_bytes:
-            return False  # too small however it is coded: the usual case, decided without the headers
+        if offload is None or not offload.may_want_request(len(raw)):
+            return False  # the usual case, decided without the headers
         coding, length = self._framing()
         return offload.wants_request(len(raw), coding, length)
 

@@ -168,16 +168,21 @@ class JsonOffload:
         self._exiting: set[JsonProcess] = set()  # stopped or killed, not yet seen to exit
         self._closed = False
 
+    def may_want_request(self, size: int) -> bool:
+        """Whether a request body of ``size`` bytes could go to a JSON process, however it is
+        coded or framed: False for nearly every request, decided before reading its headers."""
+        return self.min_bytes > 0 and size * COMPRESSION_WEIGHT >= self.min_bytes
+
     def wants_request(self, size: int, coding: str | None, header_length: int | None) -> bool:
         """Whether a request body of ``size`` bytes goes to a JSON process: its JSON part is large.
 
         A binary request's JSON part is its header, and its tensors are views over the
         body, so only a large header sends it (with its tensors) to a JSON process.
         """
-        if self.min_bytes <= 0:
+        if not self.may_want_request(size):
             return False
         if content_coded(coding):
-            return size * COMPRESSION_WEIGHT >= self.min_bytes
+            return True  # decoded, it may be COMPRESSION_WEIGHT times its size
         return (size if header_length is None else header_length) >= self.min_bytes
 
     def wants_response(self, json_values: int) -> bool:
